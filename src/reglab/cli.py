@@ -1,0 +1,150 @@
+"""Command line: ``reglab train | models`` (argparse; flags named as in torchvision's references).
+
+Every error a user can cause ends in one line on stderr, ``reglab: error: <problem>; <fix>``, and
+exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from reglab.config import (
+    AUGMENTATIONS,
+    OPTIMIZERS,
+    PRESETS,
+    SCHEDULES,
+    ConfigError,
+    build_config,
+    load_config_file,
+)
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line instead of usage + error
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def add_train_arguments(p: argparse.ArgumentParser) -> None:
+    """Training flags. Every default is None so that presets and config files show through."""
+    from reglab.models import list_models
+
+    g = p.add_argument_group("setup")
+    g.add_argument("--preset", choices=sorted(PRESETS),
+                   help="tutorial: the tutorial's run (the defaults); quick: a CPU recipe, "
+                        "80%% holdout accuracy in minutes")
+    g.add_argument("--config", metavar="FILE", help="YAML file of settings (flags override it)")
+    g = p.add_argument_group("model")
+    g.add_argument("--model", help=f"one of: {', '.join(list_models())} (default tutorial-resnet)")
+    g.add_argument("--image-size", type=int, help="side in pixels after bilinear resize (96)")
+    g.add_argument("--dropout", type=float, help="dropout probability before the classifier (0)")
+    g.add_argument("--verbose", action=argparse.BooleanOptionalAction,
+                   help="print the network's shapes on the first batch")
+    g = p.add_argument_group("data")
+    g.add_argument("--data-dir", help="CIFAR-10 folder (else $REGLAB_DATA, else ~/.cache/reglab; "
+                                      "downloaded there if absent)")
+    g.add_argument("--holdout", type=int,
+                   help="validate on the last N training images instead of the test set (0)")
+    g.add_argument("--train-limit", type=int, help="train on the first N images only")
+    g.add_argument("--augment", choices=AUGMENTATIONS, help="augmentation preset (none)")
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--batch-size", type=int, help="images per step (64)")
+    g.add_argument("--steps", type=int, help="optimizer updates (20000)")
+    g.add_argument("--epochs", type=float, help="passes over the training set (overrides --steps)")
+    g.add_argument("--optimizer", choices=OPTIMIZERS, help="sgd (momentum), nesterov, adamw (sgd)")
+    g.add_argument("--lr", type=float, help="peak learning rate per step (0.01)")
+    g.add_argument("--momentum", type=float, help="SGD momentum, Adam's beta1 (0.9)")
+    g.add_argument("--schedule", choices=SCHEDULES, help="learning-rate schedule (constant)")
+    g.add_argument("--warmup-steps", type=int, help="linear warm-up steps (0)")
+    g.add_argument("--lr-milestones", type=_floats, metavar="F,F",
+                   help="step schedule: fractions of training where lr is multiplied by gamma")
+    g.add_argument("--lr-gamma", type=float, help="step schedule multiplier (0.1)")
+    g.add_argument("--label-smoothing", type=float, help="label smoothing epsilon (0)")
+    g = p.add_argument_group("regularization")
+    g.add_argument("--l2", type=float, metavar="LAMBDA",
+                   help="λ of loss + λ Σ‖w‖² over conv and linear weights; gradient gains 2λw "
+                        "(tutorial: 1e-4)")
+    g = p.add_argument_group("logging and evaluation")
+    g.add_argument("--log-every", type=int, help="steps between [train] lines (1000)")
+    g.add_argument("--val-every", type=int, help="steps between [val] lines (4000)")
+    g.add_argument("--eval-batch-size", type=int, help="validation batch size (1000)")
+    g.add_argument("--tta", action=argparse.BooleanOptionalAction,
+                   help="evaluate with flip test-time augmentation")
+    g = p.add_argument_group("system and output")
+    g.add_argument("--seed", type=int, help="random seed; same seed, same metrics on CPU (0)")
+    g.add_argument("--device", help="auto, cpu, cuda or cuda:N (auto)")
+    g.add_argument("--threads", type=int, help="CPU threads for torch")
+    g.add_argument("--channels-last", action=argparse.BooleanOptionalAction,
+                   help="NHWC memory layout (on)")
+    g.add_argument("--compile", action=argparse.BooleanOptionalAction, help="torch.compile")
+    g.add_argument("--runs-dir", help="parent folder of run directories (runs)")
+    g.add_argument("--name", help="run directory name (default <preset or model>-<time>)")
+    g.add_argument("--overwrite", action=argparse.BooleanOptionalAction,
+                   help="allow replacing the results in an existing run directory")
+
+
+def config_from_args(args: argparse.Namespace):
+    from reglab.config import FIELDS
+
+    overrides = {k: v for k, v in vars(args).items() if k in FIELDS and k != "preset"}
+    file_values = load_config_file(args.config) if args.config else None
+    return build_config(args.preset, file_values, overrides)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from reglab.training import RunDir, train
+
+    cfg = config_from_args(args)
+    name = cfg.name or RunDir.default_name(cfg.preset or cfg.model)
+    run_dir = RunDir(Path(cfg.runs_dir) / name, overwrite=cfg.overwrite)
+    train(cfg, run_dir)
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from reglab.models import MIN_IMAGE_SIZE, create_model, list_models
+
+    for name in list_models():
+        n = sum(p.numel() for p in create_model(name).parameters())
+        print(f"{name:16s} {n:>12,} parameters  (image size >= {MIN_IMAGE_SIZE[name]})")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(prog="reglab", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+    p = sub.add_parser("train", help="train a model", description="Train a CIFAR-10 classifier.")
+    add_train_arguments(p)
+    p.set_defaults(func=cmd_train)
+    p = sub.add_parser("models", help="list the models")
+    p.set_defaults(func=cmd_models)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from reglab.data import DataError
+    from reglab.training.rundir import RunDirError
+
+    try:
+        return args.func(args)
+    except (ConfigError, DataError, RunDirError, FloatingPointError) as e:
+        print(f"reglab: error: {e}", file=sys.stderr)
+        return 2
+    except ValueError as e:  # e.g. no CUDA device; bugs still show their traceback otherwise
+        if "\n" in str(e) or not str(e):
+            raise
+        print(f"reglab: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("reglab: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,58 @@
+"""Optimizers and learning-rate schedules.
+
+Schedules are pure functions of the step: ``lr_at(step, ...)`` gives the learning rate used for
+update number ``step`` (0-based), so a run can be resumed or audited at any step.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+
+import torch
+
+
+def build_optimizer(
+    name: str, params: Iterable[torch.nn.Parameter], lr: float, momentum: float
+) -> torch.optim.Optimizer:
+    """sgd: momentum SGD (the tutorial's); nesterov: SGD with Nesterov momentum; adamw: Adam with
+    β1 = ``momentum``, β2 = 0.999 and its own weight decay off (reglab applies decay itself)."""
+    params = list(params)
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=momentum)
+    if name == "nesterov":
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=True)
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, betas=(momentum, 0.999), weight_decay=0.0)
+    raise ValueError(f"unknown optimizer {name!r}")
+
+
+def lr_at(
+    step: int,
+    total_steps: int,
+    base_lr: float,
+    schedule: str = "constant",
+    warmup_steps: int = 0,
+    milestones: Sequence[float] = (0.5, 0.75),
+    gamma: float = 0.1,
+) -> float:
+    """Learning rate for update ``step`` in [0, total_steps).
+
+    Warm-up: linear from base_lr/warmup_steps to base_lr over the first ``warmup_steps`` updates.
+    Then ``constant``; ``step``: × gamma at each milestone (fractions of total_steps); ``cosine``:
+    half-cosine from base_lr to 0; ``linear``: straight line from base_lr to 0 at the last step.
+    """
+    if step < warmup_steps:
+        return base_lr * (step + 1) / warmup_steps
+    if schedule == "constant":
+        return base_lr
+    if schedule == "step":
+        passed = sum(step >= int(m * total_steps) for m in milestones)
+        return base_lr * gamma**passed
+    span = max(total_steps - warmup_steps, 1)
+    t = (step - warmup_steps) / span  # 0 at the end of warm-up, -> 1 at the end
+    if schedule == "cosine":
+        return base_lr * 0.5 * (1 + math.cos(math.pi * t))
+    if schedule == "linear":
+        return base_lr * (1 - t)
+    raise ValueError(f"unknown schedule {schedule!r}")

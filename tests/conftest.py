@@ -1,0 +1,134 @@
+"""Shared pytest fixtures: the real CIFAR-10 folder (or a skip) and tiny fake CIFAR-10 files."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+# Where the shared read-only copy lives on the project machines (tests may name it; src/ may not).
+SHARED_CIFAR10 = REPO_ROOT.parent / "shared" / "cifar10"
+
+
+def _holds_cifar10(folder: Path) -> bool:
+    """True if ``folder`` has the training batches in one of the layouts the loader accepts."""
+    return any(
+        all((sub / f"data_batch_{i}{ext}").is_file() for i in range(1, 6))
+        for sub, ext in (
+            (folder, ".bin"),
+            (folder / "cifar-10-batches-bin", ".bin"),
+            (folder / "cifar-10-batches-py", ""),
+            (folder, ""),
+        )
+    )
+
+
+@pytest.fixture(scope="session")
+def real_data_dir() -> Path:
+    """Folder with the real CIFAR-10 batches: ``$REGLAB_DATA``, else ``../shared/cifar10``
+    relative to the repo root; the test is skipped if neither holds them."""
+    candidates = [Path(os.environ["REGLAB_DATA"])] if os.environ.get("REGLAB_DATA") else []
+    candidates.append(SHARED_CIFAR10)
+    for folder in candidates:
+        if _holds_cifar10(folder.expanduser()):
+            return folder.expanduser()
+    tried = ", ".join(str(c) for c in candidates)
+    pytest.skip(
+        f"real CIFAR-10 not found (tried {tried}): set REGLAB_DATA to a folder holding "
+        "data_batch_1.bin..data_batch_5.bin"
+    )
+
+
+@dataclass
+class FakeCifar:
+    """What ``fake_cifar`` wrote. Images are uint8 NCHW, labels int64, in file order."""
+
+    root: Path  # the data dir to pass to load_cifar10
+    folder: Path  # the folder holding the batch files (root or a cifar-10-batches-* subfolder)
+    layout: str  # "bin" or "py"
+    train_images: np.ndarray
+    train_labels: np.ndarray
+    test_images: np.ndarray
+    test_labels: np.ndarray
+    md5: dict[str, str]  # file name -> md5 of what was written
+
+    def path(self, i: int | str) -> Path:
+        """Training batch ``i`` (1..5) or ``"test"`` as a path in this layout."""
+        stem = "test_batch" if i == "test" else f"data_batch_{i}"
+        return self.folder / (stem + (".bin" if self.layout == "bin" else ""))
+
+
+def write_fake_cifar(
+    folder: Path,
+    layout: str = "bin",
+    n_per_batch: int = 20,
+    n_test: int = 10,
+    test: bool = True,
+    seed: int = 0,
+) -> tuple[dict[str, str], np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Write 5 tiny training batches (+ a test batch) in the official ``layout``.
+
+    Returns ``(md5 by file name, train_images, train_labels, test_images, test_labels)``.
+    Binary records: 1 label byte then 3072 pixel bytes (R plane, G plane, B plane, rows of 32);
+    python batches: pickled dicts with ``b"data"`` (n, 3072) uint8 and ``b"labels"`` list.
+    """
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    md5: dict[str, str] = {}
+    sizes = [n_per_batch] * 5 + ([n_test] if test else [])
+    stems = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+    parts = []
+    for stem, n in zip(stems, sizes):
+        images = rng.integers(0, 256, size=(n, 3, 32, 32), dtype=np.uint8)
+        labels = rng.integers(0, 10, size=n).astype(np.int64)
+        parts.append((images, labels))
+        if layout == "bin":
+            name = stem + ".bin"
+            records = np.empty((n, 3073), dtype=np.uint8)
+            records[:, 0] = labels
+            records[:, 1:] = images.reshape(n, -1)
+            payload = records.tobytes()
+        else:
+            name = stem
+            batch = {
+                b"batch_label": stem.encode(),
+                b"labels": labels.tolist(),
+                b"data": images.reshape(n, -1),
+                b"filenames": [f"{stem}_{j}.png".encode() for j in range(n)],
+            }
+            payload = pickle.dumps(batch, protocol=2)
+        (folder / name).write_bytes(payload)
+        md5[name] = hashlib.md5(payload).hexdigest()
+    train_x = np.concatenate([p[0] for p in parts[:5]])
+    train_y = np.concatenate([p[1] for p in parts[:5]])
+    if test:
+        test_x, test_y = parts[5]
+    else:
+        test_x, test_y = np.empty((0, 3, 32, 32), np.uint8), np.empty(0, np.int64)
+    return md5, train_x, train_y, test_x, test_y
+
+
+@pytest.fixture
+def fake_cifar(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[..., FakeCifar]:
+    """Factory: ``fake_cifar(layout="bin", sub=None, **write_fake_cifar kwargs)`` writes tiny
+    fake batches under ``tmp_path/"data"`` (in subfolder ``sub`` if given) and patches the
+    loader's MD5 tables to their md5s, so they load as if official."""
+    from reglab.data import cifar10
+
+    def make(layout: str = "bin", sub: str | None = None, **kwargs) -> FakeCifar:
+        root = tmp_path / "data"
+        folder = root / sub if sub else root
+        md5, train_x, train_y, test_x, test_y = write_fake_cifar(folder, layout, **kwargs)
+        table = cifar10.BINARY_MD5 if layout == "bin" else cifar10.PYTHON_MD5
+        for name, digest in md5.items():
+            monkeypatch.setitem(table, name, digest)
+        return FakeCifar(root, folder, layout, train_x, train_y, test_x, test_y, md5)
+
+    return make

@@ -1,0 +1,176 @@
+"""Tests for the model zoo: shapes, parameter counts, TF-SAME padding, dropout, registry errors.
+
+Kept fast: small batches and images, except the one (64, 3, 96, 96) shape check, run without
+gradients.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from reglab.models.resnet import resnet18
+from reglab.models.tutorial_resnet import (
+    Bottleneck,
+    TFSamePad,
+    TutorialResNet,
+    tf_same_padding,
+    tutorial_shapes,
+)
+
+EXPECTED_TUTORIAL_SHAPES = [
+    ("input", (64, 96, 96, 3)),
+    ("block1", (64, 48, 48, 32)),
+    ("block2", (64, 24, 24, 128)),
+    ("block3", (64, 12, 12, 256)),
+    ("block4", (64, 6, 6, 512)),
+    ("classification", (64, 10)),
+]
+
+EXPECTED_PRINTOUT = """\
+shapes (NHWC, as the tutorial printed them):
+input (64, 96, 96, 3)
+block1 (64, 48, 48, 32)
+block2 (64, 24, 24, 128)
+block3 (64, 12, 12, 256)
+block4 (64, 6, 6, 512)
+classification (64, 10)
+"""
+
+
+def n_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def test_tutorial_resnet_prints_shapes_once(capsys: pytest.CaptureFixture[str]) -> None:
+    torch.manual_seed(0)
+    model = TutorialResNet(num_classes=10, verbose=True).eval()
+    x = torch.randn(64, 3, 96, 96)
+    with torch.no_grad():
+        out = model(x)
+        assert out.shape == (64, 10)
+        assert capsys.readouterr().out == EXPECTED_PRINTOUT
+        model(x[:2])  # second forward: no printout
+    assert capsys.readouterr().out == ""
+    # Same list without printing; a batch of 2 keeps it cheap (only the batch dim changes).
+    expected = [(name, (2, *dims[1:])) for name, dims in EXPECTED_TUTORIAL_SHAPES]
+    assert tutorial_shapes(model, x[:2]) == expected
+
+
+def test_tutorial_shapes_small_input_and_mode_kept() -> None:
+    model = TutorialResNet(num_classes=7).train()
+    shapes = dict(tutorial_shapes(model, torch.randn(2, 3, 32, 32)))
+    assert shapes["block1"] == (2, 16, 16, 32)
+    assert shapes["block4"] == (2, 2, 2, 512)
+    assert shapes["classification"] == (2, 7)
+    assert model.training  # tutorial_shapes runs in eval, then restores the mode
+
+
+def test_tutorial_resnet_structure() -> None:
+    model = TutorialResNet()
+    names = {name for name, _ in model.named_children()}
+    assert {"block1", "pool", "block2", "block3", "block4", "fc"} <= names
+    # Convs carry no bias (BN follows); the classifier has one.
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    assert convs and all(c.bias is None for c in convs)
+    assert model.fc.bias is not None
+    # Projections exactly where the channel count changes: first unit of each stage.
+    assert model.block2[0].shortcut is not None and model.block2[1].shortcut is None
+    assert model.block3[0].shortcut is not None and model.block3[0].stride == 2
+    assert model.block4[0].shortcut is not None and model.block4[1].shortcut is None
+
+
+@pytest.mark.parametrize(
+    ("in_size", "kernel", "stride", "expected"),
+    [
+        (96, 5, 2, (1, 2)),  # pad 3
+        (48, 3, 2, (0, 1)),  # pad 1
+        (24, 3, 1, (1, 1)),  # stride 1, odd kernel: symmetric
+        (25, 3, 2, (1, 1)),  # odd input: pad 2
+        (24, 1, 2, (0, 0)),  # 1x1 never pads
+        (5, 1, 2, (0, 0)),
+        (2, 5, 2, (1, 2)),  # out 1, pad (1-1)*2 + 5 - 2 = 3
+    ],
+)
+def test_tf_same_padding(in_size: int, kernel: int, stride: int, expected: tuple[int, int]) -> None:
+    assert tf_same_padding(in_size, kernel, stride) == expected
+
+
+def test_tf_same_conv_and_pool_match_tensorflow_grid() -> None:
+    # TF SAME with stride 2 on an even input = stride-1 SAME output sampled at [1::2]: the extra
+    # padding goes bottom/right. A symmetric padding=k//2 would sample at [0::2] instead.
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 12, 10)
+    w = torch.randn(4, 3, 5, 5)
+    strided = F.conv2d(TFSamePad(5, 2)(x), w, stride=2)
+    dense = F.conv2d(x, w, padding=2)
+    assert strided.shape == (2, 4, 6, 5)
+    torch.testing.assert_close(strided, dense[:, :, 1::2, 1::2])
+
+    pool = TutorialResNet().pool
+    pooled = pool(x)
+    dense_pool = F.max_pool2d(x, 3, stride=1, padding=1)  # PyTorch pads max-pool with -inf
+    assert pooled.shape == (2, 3, 6, 5)
+    torch.testing.assert_close(pooled, dense_pool[:, :, 1::2, 1::2])
+    # Padding must never win a max: an all-negative input stays negative.
+    assert (pool(-1 - x.abs()) < 0).all()
+
+
+def test_identity_shortcut_subsamples() -> None:
+    unit = Bottleneck(16, 4, 16, stride=2).eval()
+    assert unit.shortcut is None
+    x = torch.randn(1, 16, 6, 6)
+    with torch.no_grad():
+        # Zero the last BN so the residual branch vanishes: output = relu(x[:, :, ::2, ::2]).
+        unit.bn3.weight.zero_()
+        unit.bn3.bias.zero_()
+        out = unit(x)
+    assert out.shape == (1, 16, 3, 3)
+    torch.testing.assert_close(out, F.relu(x[:, :, ::2, ::2]))
+
+
+def test_resnet18_forward_and_param_count() -> None:
+    model = resnet18(num_classes=10)
+    assert n_params(model) == 11_173_962
+    with torch.no_grad():
+        assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+        assert model.eval()(torch.randn(1, 3, 8, 8)).shape == (1, 10)  # smallest side
+    assert n_params(resnet18(num_classes=100)) == 11_173_962 + 90 * 513
+
+
+@pytest.mark.parametrize("ctor", [TutorialResNet, resnet18])
+def test_dropout_inserted_and_inactive_in_eval(ctor) -> None:
+    assert not any(isinstance(m, nn.Dropout) for m in ctor(num_classes=10).modules())
+    model = ctor(num_classes=10, dropout=0.5)
+    drops = [m for m in model.modules() if isinstance(m, nn.Dropout)]
+    assert len(drops) == 1 and drops[0].p == 0.5
+    model.eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), model(x), rtol=0, atol=0)
+    with pytest.raises(ValueError):
+        ctor(num_classes=10, dropout=1.0)
+
+
+@pytest.mark.parametrize("ctor", [TutorialResNet, resnet18])
+def test_backward(ctor) -> None:
+    torch.manual_seed(0)
+    model = ctor(num_classes=10, dropout=0.1)
+    x = torch.randn(2, 3, 32, 32)
+    loss = F.cross_entropy(model(x), torch.tensor([1, 2]))
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert all(p.grad is not None for p in model.parameters())
+    assert model.fc.weight.grad.abs().sum() > 0
+
+
+def test_create_model_registry() -> None:
+    models = pytest.importorskip("reglab.models")  # needs every registered module importable
+    with pytest.raises(ValueError, match="resnet18") as info:
+        models.create_model("nope")
+    for name in models.list_models():
+        assert name in str(info.value)
+    assert isinstance(models.create_model("tutorial-resnet", verbose=False), TutorialResNet)
+    assert n_params(models.create_model("resnet18")) == 11_173_962
