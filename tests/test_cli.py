@@ -1,0 +1,74 @@
+"""Bad input on the command line: exit status 2, one clear line on stderr, no traceback."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from reglab.cli import main
+
+
+def run_main(capsys, argv):
+    code = None
+    try:
+        code = main(argv)
+    except SystemExit as e:  # argparse errors exit directly
+        code = e.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["--model", "resnet-9000"], "unknown model 'resnet-9000'"),
+        (["--l2", "-1e-4"], "--l2 must be >= 0"),
+        (["--batch-size", "0"], "--batch-size must be a positive integer"),
+        (["--data-dir", "/nonexistent/cifar"], "data dir /nonexistent/cifar does not exist"),
+        (["--model", "tutorial-resnet", "--image-size", "16"], "needs --image-size >= 32"),
+        (["--preset", "fastest"], "invalid choice: 'fastest'"),
+        (["--steps", "ten"], "invalid int value: 'ten'"),
+        (["--optimizer", "lion"], "invalid choice: 'lion'"),
+        (["--config", "/nonexistent.yaml"], "config file /nonexistent.yaml not found"),
+        (["--lr-milestones", "a,b"], "comma-separated numbers"),
+    ],
+)
+def test_bad_train_input_is_one_clear_line(capsys, tmp_path, argv, needle):
+    code, out, err = run_main(capsys, ["train", "--runs-dir", str(tmp_path), *argv])
+    assert code == 2
+    assert needle in err
+    assert len(err.strip().splitlines()) == 1, err
+    assert "Traceback" not in err
+    assert not any(tmp_path.iterdir())  # nothing was created
+
+
+def test_missing_test_set_is_an_error_not_a_fallback(capsys, tmp_path, real_data_dir):
+    code, _, err = run_main(capsys, ["train", "--data-dir", str(real_data_dir), "--runs-dir",
+                                     str(tmp_path)])  # fmt: skip
+    assert code == 2 and "--holdout 10000" in err and len(err.strip().splitlines()) == 1
+
+
+def test_existing_run_directory_is_not_overwritten(capsys, tmp_path):
+    run = tmp_path / "mine"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text("precious\n")
+    code, _, err = run_main(capsys, ["train", "--runs-dir", str(tmp_path), "--name", "mine"])
+    assert code == 2 and "--overwrite" in err
+    assert (run / "metrics.jsonl").read_text() == "precious\n"
+
+
+def test_console_script_reports_errors_without_traceback(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "reglab", "train", "--l2", "-1", "--runs-dir", str(tmp_path)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "reglab: error: --l2 must be >= 0 (got -1.0)"
+
+
+def test_models_lists_the_registry(capsys):
+    code, out, _ = run_main(capsys, ["models"])
+    assert code == 0
+    assert "tutorial-resnet" in out and "resnet18" in out and "airbench" in out

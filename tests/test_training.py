@@ -1,0 +1,158 @@
+"""The training loop against hand computations: the L2 penalty reaches the update, schedules follow
+their formulas, the same seed gives the same metrics, and a short real run learns."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from reglab.config import PRESETS, TrainConfig, build_config
+from reglab.data import CIFAR10
+from reglab.data.pipeline import BatchPipeline
+from reglab.models import create_model
+from reglab.regularization import default_scope
+from reglab.training import RunDir, lr_at, read_metrics, train
+
+
+def synthetic_data(n_train: int = 64, n_val: int = 32, seed: int = 0) -> CIFAR10:
+    g = torch.Generator().manual_seed(seed)
+    return CIFAR10(
+        train_images=torch.randint(0, 256, (n_train, 3, 32, 32), dtype=torch.uint8, generator=g),
+        train_labels=torch.randint(0, 10, (n_train,), generator=g),
+        val_images=torch.randint(0, 256, (n_val, 3, 32, 32), dtype=torch.uint8, generator=g),
+        val_labels=torch.randint(0, 10, (n_val,), generator=g),
+        val_split="holdout",
+        source=None,  # type: ignore[arg-type]
+    )
+
+
+def tiny_config(**kw) -> TrainConfig:
+    base = dict(
+        model="tutorial-resnet", image_size=32, batch_size=8, steps=1, optimizer="sgd",
+        momentum=0.0, lr=0.1, l2=0.0, log_every=1, val_every=1000, eval_batch_size=32,
+        channels_last=False, device="cpu", audit=False,
+    )  # fmt: skip
+    base.update(kw)
+    base = {k: v for k, v in base.items() if k in TrainConfig.__dataclass_fields__}
+    return TrainConfig(**base).validate()
+
+
+@pytest.mark.parametrize("lam", [1e-3, 5e-2])
+def test_one_sgd_step_with_l2_matches_hand_formula(lam):
+    """w' = w − η(g + 2λw): g is the data-loss gradient, computed here independently."""
+    cfg = tiny_config(l2=lam)
+    data = synthetic_data()
+    torch.manual_seed(cfg.seed)
+    reference = create_model(cfg.model)  # the loop builds its model right after the same seed
+    w0 = copy.deepcopy(reference.state_dict())
+    pipeline = BatchPipeline(data.train_images, data.train_labels, cfg.batch_size, 32, seed=0)
+    x, y = next(iter(pipeline))
+    reference.train()
+    F.cross_entropy(reference(x), y).backward()
+    grads = {n: p.grad.clone() for n, p in reference.named_parameters()}
+    decayed = {n for n, _ in default_scope(reference)}
+
+    model = train(cfg, data=data, quiet=True)["model_object"]
+    for name, p in model.named_parameters():
+        w, g = w0[name], grads[name]
+        expected = w - cfg.lr * (g + 2 * lam * w) if name in decayed else w - cfg.lr * g
+        torch.testing.assert_close(p.detach(), expected, rtol=1e-4, atol=1e-6)
+    assert any(n.endswith("fc.weight") for n in decayed)
+
+
+def _sq_norm(model) -> float:
+    return sum(p.detach().pow(2).sum().item() for _, p in default_scope(model))
+
+
+def test_l2_shrinks_the_weights():
+    data = synthetic_data(n_train=128)
+    runs = {
+        lam: train(tiny_config(l2=lam, lr=0.02, steps=20, momentum=0.9), data=data, quiet=True)
+        for lam in (0.0, 0.5)
+    }
+    assert _sq_norm(runs[0.5]["model_object"]) < 0.8 * _sq_norm(runs[0.0]["model_object"])
+
+
+def test_same_seed_same_metrics(tmp_path):
+    data = synthetic_data(n_train=96)
+    rows = []
+    for i in range(2):
+        run = RunDir(tmp_path / f"run{i}")
+        train(tiny_config(steps=6, log_every=3, val_every=3, momentum=0.9, l2=1e-3), run, data,
+              quiet=True)  # fmt: skip
+        rows.append([{k: v for k, v in r.items() if k not in ("elapsed", "s_per_batch")}
+                     for r in read_metrics(run.path)])  # fmt: skip
+    assert rows[0] == rows[1]
+    assert [r["split"] for r in rows[0]] == ["train", "holdout"] * 2
+    logged = set(read_metrics(tmp_path / "run0")[0])
+    assert {"step", "epoch", "split", "loss", "acc", "lr", "penalty", "elapsed"} <= logged
+
+
+def test_run_directory_contents_and_no_overwrite(tmp_path):
+    data = synthetic_data()
+    run = RunDir(tmp_path / "r")
+    summary = train(tiny_config(steps=2, l2=1e-3), run, data, quiet=True)
+    names = {p.name for p in run.path.iterdir()}
+    assert {"config.yaml", "metrics.jsonl", "summary.json", "checkpoint.pt"} <= names
+    ckpt = torch.load(run.path / "checkpoint.pt", weights_only=False)
+    assert ckpt["step"] == 2 and ckpt["config"]["l2"] == 1e-3 and "optimizer" in ckpt
+    assert summary["val_split"] == "holdout" and 0 <= summary["final_val_acc"] <= 1
+    before = (run.path / "metrics.jsonl").read_text()
+    with pytest.raises(ValueError, match="--overwrite"):
+        RunDir(tmp_path / "r")
+    assert (run.path / "metrics.jsonl").read_text() == before  # nothing touched
+    RunDir(tmp_path / "r", overwrite=True)  # allowed when asked
+
+
+def test_penalty_is_logged_and_equals_formula(tmp_path):
+    data = synthetic_data()
+    run = RunDir(tmp_path / "r")
+    lam = 1e-3
+    model = train(tiny_config(steps=1, l2=lam, lr=0.0), run, data, quiet=True)["model_object"]
+    train_row = read_metrics(run.path)[0]
+    # lr 0: the weights did not move, so the logged penalty is λ Σ‖w‖² of the final weights
+    assert train_row["penalty"] == pytest.approx(lam * _sq_norm(model), rel=1e-5)
+
+
+def test_lr_schedules_follow_their_formulas():
+    assert lr_at(0, 100, 1.0, "constant") == 1.0
+    assert [lr_at(s, 100, 1.0, "constant", warmup_steps=4) for s in range(5)] == [
+        0.25, 0.5, 0.75, 1.0, 1.0]  # fmt: skip
+    assert lr_at(49, 100, 1.0, "step") == 1.0
+    assert lr_at(50, 100, 1.0, "step") == pytest.approx(0.1)
+    assert lr_at(75, 100, 1.0, "step") == pytest.approx(0.01)
+    assert lr_at(0, 100, 2.0, "cosine") == 2.0
+    assert lr_at(50, 100, 2.0, "cosine") == pytest.approx(1.0)
+    assert lr_at(30, 110, 1.0, "cosine", warmup_steps=10) == pytest.approx(
+        0.5 * (1 + math.cos(math.pi * 20 / 100)))  # fmt: skip
+    assert lr_at(60, 110, 1.0, "linear", warmup_steps=10) == pytest.approx(0.5)
+
+
+def test_tutorial_preset_is_the_tutorials_run():
+    cfg = build_config("tutorial")
+    assert (cfg.model, cfg.image_size, cfg.batch_size, cfg.optimizer) == (
+        "tutorial-resnet", 96, 64, "sgd")  # fmt: skip
+    assert (cfg.lr, cfg.momentum, cfg.l2, cfg.steps, cfg.epochs) == (0.01, 0.9, 1e-4, 20000, None)
+    assert (cfg.log_every, cfg.val_every, cfg.augment, cfg.schedule) == (
+        1000, 4000, "none", "constant")  # fmt: skip
+    # flags override a preset one by one
+    cfg = build_config("quick", overrides={"l2": 1e-3, "steps": 10})
+    assert cfg.l2 == 1e-3 and cfg.steps == 10 and cfg.epochs is None
+    assert cfg.model == PRESETS["quick"]["model"]
+
+
+@pytest.mark.slow
+def test_short_real_run_beats_chance(real_data_dir):
+    """A few thousand real images, a couple of epochs: far above the 10% of guessing."""
+    cfg = build_config(
+        "quick",
+        overrides=dict(data_dir=str(real_data_dir), holdout=10_000, train_limit=4000, epochs=3,
+                       val_every=10_000, log_every=10_000),
+    )  # fmt: skip
+    summary = train(cfg, quiet=True)
+    assert summary["val_split"] == "holdout" and summary["val_images"] == 10_000
+    assert summary["final_val_acc"] > 0.40, summary
