@@ -150,9 +150,10 @@ def test_short_real_run_beats_chance(real_data_dir):
     """A few thousand real images, a couple of epochs: far above the 10% of guessing."""
     cfg = build_config(
         "quick",
-        overrides=dict(data_dir=str(real_data_dir), holdout=10_000, train_limit=4000, epochs=3,
-                       val_every=10_000, log_every=10_000),
+        overrides={"data_dir": str(real_data_dir), "holdout": 2000, "train_limit": 4000,
+                   "epochs": 4, "batch_size": 128, "warmup_steps": 20, "val_every": 10_000,
+                   "log_every": 10_000},
     )  # fmt: skip
     summary = train(cfg, quiet=True)
-    assert summary["val_split"] == "holdout" and summary["val_images"] == 10_000
+    assert summary["val_split"] == "holdout" and summary["val_images"] == 2000
     assert summary["final_val_acc"] > 0.40, summary

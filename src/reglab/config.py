@@ -4,6 +4,8 @@ file < command-line flags.
 Units and conventions (also in ``reglab train --help``):
 - ``lr`` is the learning rate per step (not scaled by batch size); ``batch_size`` in images.
 - ``l2`` is λ in ``loss + λ Σ‖w‖²`` (the tutorial's and Keras' convention: gradient 2λw).
+- ``regularizers`` are rules ``METHOD=COEF[@SCOPE]`` (``--reg``), applied after ``l2``; methods,
+  conventions and scopes in ``reglab.regularization`` and docs/regularization.md.
 - ``steps`` counts optimizer updates; ``epochs``, when set, is converted to steps
   (floor(train images / batch size) steps per epoch, the last partial batch dropped).
 """
@@ -19,7 +21,7 @@ import yaml
 
 OPTIMIZERS = ("sgd", "nesterov", "adamw")
 SCHEDULES = ("constant", "step", "cosine", "linear")
-AUGMENTATIONS = ("none", "flip", "flip-crop", "flip-translate")
+AUGMENTATIONS = ("none", "flip", "flip-crop", "flip-translate", "cutout", "tutorial")
 
 
 class ConfigError(ValueError):
@@ -32,11 +34,13 @@ class TrainConfig:
     model: str = "tutorial-resnet"
     image_size: int = 96  # pixels; CIFAR-10's 32x32 images are resized (bilinear) to this side
     dropout: float = 0.0  # probability, before the classifier
+    block_dropout: float = 0.0  # probability of Dropout2d (whole channels) inside each block
     # data
     data_dir: str | None = None  # else $REGLAB_DATA, else ~/.cache/reglab
     holdout: int = 0  # validate on the last N training images (0: the official test set)
     train_limit: int | None = None  # use only the first N training images (quick checks)
     augment: str = "none"  # none | flip | flip-crop (pad 4 + random 32 crop) | flip-translate
+    # | cutout (flip-crop + a 16-px square at 32 px set to the mean) | tutorial (see pipeline.py)
     # optimisation
     batch_size: int = 64  # images per step
     steps: int = 20_000  # optimizer updates
@@ -51,6 +55,8 @@ class TrainConfig:
     label_smoothing: float = 0.0  # ε of cross entropy's label smoothing
     # regularization
     l2: float = 1e-4  # λ of the penalty λ Σ‖w‖² over the default scope (conv and linear weights)
+    regularizers: list[str] = field(default_factory=list)  # rules METHOD=COEF[@SCOPE], after l2
+    audit: bool = True  # check on the first step that each regularizer acts as its formula says
     # logging and evaluation
     log_every: int = 1000  # steps between [train] lines (averaged over the interval)
     val_every: int = 4000  # steps between [val] lines over the whole validation set
@@ -91,11 +97,19 @@ class TrainConfig:
             bad(f"--epochs must be positive (got {self.epochs})")
         if self.image_size > 512:
             bad(f"--image-size {self.image_size} is too large; use at most 512")
-        for name in ("l2", "lr", "label_smoothing", "dropout", "momentum", "warmup_steps", "holdout"):
+        for name in ("l2", "lr", "label_smoothing", "dropout", "block_dropout", "momentum",
+                     "warmup_steps", "holdout"):
             if getattr(self, name) < 0:
                 bad(f"--{name.replace('_', '-')} must be >= 0 (got {getattr(self, name)})")
         if not 0 <= self.dropout < 1:
             bad(f"--dropout is a probability in [0, 1) (got {self.dropout})")
+        if not 0 <= self.block_dropout < 1:
+            bad(f"--block-dropout is a probability in [0, 1) (got {self.block_dropout})")
+        from reglab.regularization.rules import rule_text
+
+        if isinstance(self.regularizers, (str, dict)):  # one rule given alone in a config file
+            self.regularizers = [self.regularizers]
+        self.regularizers = [rule_text(r) for r in self.regularizers]  # RuleError is a ConfigError
         if not 0 <= self.label_smoothing < 1:
             bad(f"--label-smoothing must be in [0, 1) (got {self.label_smoothing})")
         if self.optimizer not in OPTIMIZERS:
@@ -125,7 +139,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "image_size": 32,
         "holdout": 10_000,
         "batch_size": 256,
-        "epochs": 8,
+        "epochs": 4,
         "optimizer": "nesterov",
         "lr": 0.2,
         "momentum": 0.85,
@@ -134,8 +148,28 @@ PRESETS: dict[str, dict[str, Any]] = {
         "label_smoothing": 0.2,
         "augment": "flip-translate",
         "l2": 5e-4,
-        "log_every": 100,
-        "val_every": 400,
+        "log_every": 50,
+        "val_every": 312,  # every 2 epochs of 156 steps, and at the end
+        "tta": True,
+    },
+    # A GPU recipe: the same method at airbench94's widths and batch size, 10 epochs.
+    "gpu": {
+        "model": "airbench94",
+        "image_size": 32,
+        "holdout": 10_000,
+        "batch_size": 1024,
+        "epochs": 10,
+        "optimizer": "nesterov",
+        "lr": 0.8,
+        "momentum": 0.85,
+        "schedule": "linear",
+        "warmup_steps": 80,
+        "label_smoothing": 0.2,
+        "augment": "flip-translate",
+        "l2": 5e-4,
+        "log_every": 39,
+        "val_every": 1_000_000,  # at the end only
+        "eval_batch_size": 2000,
         "tta": True,
     },
 }
@@ -175,10 +209,9 @@ def build_config(
             if key not in FIELDS:
                 raise ConfigError(f"unknown setting {key!r}; see reglab train --help for the names")
             values[key] = value
-    if "steps" in (overrides or {}) and (overrides or {}).get("steps") is not None:
-        # an explicit --steps wins over a preset's epochs
-        if (overrides or {}).get("epochs") is None:
-            values["epochs"] = None
+    overrides = overrides or {}
+    if overrides.get("steps") is not None and overrides.get("epochs") is None:
+        values["epochs"] = None  # an explicit --steps wins over a preset's epochs
     if "lr_milestones" in values:
         values["lr_milestones"] = tuple(float(x) for x in values["lr_milestones"])
     return TrainConfig(**values).validate()

@@ -53,16 +53,92 @@ def batch_crop(x: torch.Tensor, pad: int, generator: torch.Generator, mode: str)
     return padded.gather(3, cols.expand(n, c, h, w))
 
 
-def augment_batch(x: torch.Tensor, augment: str, generator: torch.Generator) -> torch.Tensor:
-    """Apply an augmentation preset to a normalised 32x32 batch (before resizing)."""
+def batch_random_crop(x: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:
+    """A random ``size`` x ``size`` window of each image, offsets uniform and drawn per image."""
+    n, c, h, w = x.shape
+    dy = torch.randint(0, h - size + 1, (n,), device=x.device, generator=generator)
+    dx = torch.randint(0, w - size + 1, (n,), device=x.device, generator=generator)
+    rows = (torch.arange(size, device=x.device).view(1, size) + dy.view(n, 1)).view(n, 1, size, 1)
+    cols = (torch.arange(size, device=x.device).view(1, size) + dx.view(n, 1)).view(n, 1, 1, size)
+    x = x.gather(2, rows.expand(n, c, size, w))
+    return x.gather(3, cols.expand(n, c, size, size))
+
+
+def batch_cutout(x: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:
+    """Set a ``size`` x ``size`` square of each image to 0, the mean colour after normalisation
+    (DeVries & Taylor 2017). The centre is uniform over the image, so the square may be clipped
+    by the border, as in the paper."""
+    n, _, h, w = x.shape
+    cy = torch.randint(0, h, (n, 1), device=x.device, generator=generator) - size // 2
+    cx = torch.randint(0, w, (n, 1), device=x.device, generator=generator) - size // 2
+    rows, cols = torch.arange(h, device=x.device), torch.arange(w, device=x.device)
+    in_rows = (rows >= cy) & (rows < cy + size)  # (n, h)
+    in_cols = (cols >= cx) & (cols < cx + size)  # (n, w)
+    return x.masked_fill(in_rows.view(n, 1, h, 1) & in_cols.view(n, 1, 1, w), 0.0)
+
+
+def batch_color_jitter(
+    x: torch.Tensor,
+    generator: torch.Generator,
+    brightness: float = 0.4,
+    contrast: float = 0.4,
+    saturation: float = 0.4,
+) -> torch.Tensor:
+    """Random brightness, contrast and saturation (in that order) of normalised images.
+
+    Works on [0, 1] pixels (normalisation undone, then redone), with one factor per image and
+    property drawn uniformly from [1 − s, 1 + s] (torchvision's ColorJitter convention):
+    brightness scales the pixels, contrast blends with the image's mean grey, saturation with its
+    grey image; pixels are clipped to [0, 1] after each.
+    """
+    mean = torch.tensor(MEAN, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(STD, device=x.device).view(1, 3, 1, 1)
+    grey_weights = torch.tensor((0.299, 0.587, 0.114), device=x.device).view(1, 3, 1, 1)
+    n = x.shape[0]
+
+    def factor(spread: float) -> torch.Tensor:
+        u = torch.rand(n, device=x.device, generator=generator)
+        return (1 + spread * (2 * u - 1)).view(n, 1, 1, 1)
+
+    p = x * std + mean
+    p = (p * factor(brightness)).clamp(0, 1)
+    f = factor(contrast)
+    grey_mean = (p * grey_weights).sum(1, keepdim=True).mean((2, 3), keepdim=True)
+    p = (f * p + (1 - f) * grey_mean).clamp(0, 1)
+    f = factor(saturation)
+    p = (f * p + (1 - f) * (p * grey_weights).sum(1, keepdim=True)).clamp(0, 1)
+    return (p - mean) / std
+
+
+CUTOUT_SIZE = 16  # pixels of the 32-px image (DeVries & Taylor's CIFAR-10 setting)
+
+
+def augment_batch(
+    x: torch.Tensor, augment: str, generator: torch.Generator, image_size: int | None = None
+) -> torch.Tensor:
+    """Apply an augmentation preset to a normalised 32x32 batch (before resizing).
+
+    none; flip (mirror, p = 1/2); flip-crop (flip, pad 4 with the mean colour, random 32 crop);
+    flip-translate (flip, reflect-pad 2, random crop); cutout (flip-crop, then a 16x16 square set
+    to the mean colour); tutorial (the tutorial's chapter: resize to 1.25 x ``image_size``, a
+    random ``image_size`` crop, flip, colour jitter of brightness, contrast and saturation 0.4;
+    at the tutorial's 96 px: resize to 120, crop 96). Only tutorial returns ``image_size`` pixels
+    (default: the input's side); the others keep 32 and leave resizing to the pipeline.
+    """
     if augment == "none":
         return x
-    if augment in ("flip", "flip-crop", "flip-translate"):
+    if augment == "tutorial":
+        size = image_size or x.shape[-1]
+        x = batch_random_crop(resize(x, round(1.25 * size)), size, generator)
+        return batch_color_jitter(batch_flip(x, generator), generator)
+    if augment in ("flip", "flip-crop", "flip-translate", "cutout"):
         x = batch_flip(x, generator)
-    if augment == "flip-crop":
+    if augment in ("flip-crop", "cutout"):
         x = batch_crop(x, 4, generator, mode="zeros")
     elif augment == "flip-translate":
         x = batch_crop(x, 2, generator, mode="reflect")
+    if augment == "cutout":
+        x = batch_cutout(x, CUTOUT_SIZE, generator)
     return x
 
 
@@ -96,7 +172,7 @@ class BatchPipeline:
 
     def prepare(self, images: torch.Tensor, augment: str = "none") -> torch.Tensor:
         x = normalize(images)
-        x = augment_batch(x, augment, self.generator)
+        x = augment_batch(x, augment, self.generator, self.image_size)
         x = resize(x, self.image_size)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)

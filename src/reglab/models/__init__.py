@@ -1,7 +1,9 @@
 """Model registry: one name a user can type, one constructor.
 
-Every constructor takes ``num_classes`` and ``dropout`` (probability of the dropout layer placed
-before the classifier; 0 disables it) and returns an ``nn.Module`` taking NCHW float batches.
+Every constructor takes ``num_classes``, ``dropout`` (probability of the dropout layer placed
+before the classifier; 0 disables it) and ``block_dropout`` (probability of a Dropout2d inside
+every residual block or conv group; 0: none) and returns an ``nn.Module`` taking NCHW float
+batches.
 ``MIN_IMAGE_SIZE`` records the smallest input side each network accepts.
 """
 
@@ -11,7 +13,7 @@ from collections.abc import Callable
 
 from torch import nn
 
-from reglab.models.airbench import airbench_net
+from reglab.models.airbench import airbench94_net, airbench_net
 from reglab.models.resnet import resnet18
 from reglab.models.tutorial_resnet import TutorialResNet
 
@@ -19,6 +21,7 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "tutorial-resnet": TutorialResNet,
     "resnet18": resnet18,
     "airbench": airbench_net,
+    "airbench94": airbench94_net,
 }
 
 # Smallest image side (pixels) each network accepts: below it a stride or pool runs out of pixels.
@@ -26,6 +29,7 @@ MIN_IMAGE_SIZE: dict[str, int] = {
     "tutorial-resnet": 32,
     "resnet18": 8,
     "airbench": 16,
+    "airbench94": 16,
 }
 
 

@@ -14,7 +14,7 @@ from torch import nn
 
 
 class ConvGroup(nn.Sequential):
-    def __init__(self, in_channels: int, out_channels: int):
+    def __init__(self, in_channels: int, out_channels: int, block_dropout: float = 0.0):
         super().__init__(
             nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
             nn.MaxPool2d(2),
@@ -24,6 +24,8 @@ class ConvGroup(nn.Sequential):
             nn.BatchNorm2d(out_channels, momentum=0.4),
             nn.GELU(),
         )
+        if block_dropout > 0:  # appended last, so the layers' names do not move
+            self.append(nn.Dropout2d(block_dropout))
 
 
 class AirbenchNet(nn.Module):
@@ -34,15 +36,16 @@ class AirbenchNet(nn.Module):
         widths: tuple[int, int, int] = (32, 64, 128),
         whiten_width: int = 24,
         logit_scale: float = 1 / 9,
+        block_dropout: float = 0.0,  # Dropout2d at the end of each conv group
     ):
         super().__init__()
         self.whiten = nn.Conv2d(3, whiten_width, kernel_size=2, padding=0, bias=True)
         self.whiten.weight.requires_grad_(False)  # set from data, then frozen (airbench)
         self.act = nn.GELU()
         self.layers = nn.Sequential(
-            ConvGroup(whiten_width, widths[0]),
-            ConvGroup(widths[0], widths[1]),
-            ConvGroup(widths[1], widths[2]),
+            ConvGroup(whiten_width, widths[0], block_dropout),
+            ConvGroup(widths[0], widths[1], block_dropout),
+            ConvGroup(widths[1], widths[2], block_dropout),
         )
         self.pool = nn.AdaptiveMaxPool2d(1)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
@@ -85,4 +88,11 @@ class AirbenchNet(nn.Module):
 
 
 def airbench_net(num_classes: int = 10, dropout: float = 0.0, **kwargs) -> AirbenchNet:
+    """Quarter-width airbench (32/64/128): the 2-core CPU network of the quick preset."""
+    return AirbenchNet(num_classes=num_classes, dropout=dropout, **kwargs)
+
+
+def airbench94_net(num_classes: int = 10, dropout: float = 0.0, **kwargs) -> AirbenchNet:
+    """airbench94's widths (64/256/256): the GPU network."""
+    kwargs.setdefault("widths", (64, 256, 256))
     return AirbenchNet(num_classes=num_classes, dropout=dropout, **kwargs)

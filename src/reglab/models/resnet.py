@@ -24,7 +24,9 @@ class BasicBlock(nn.Module):
 
     expansion = 1
 
-    def __init__(self, in_channels: int, out_channels: int, stride: int = 1):
+    def __init__(
+        self, in_channels: int, out_channels: int, stride: int = 1, block_dropout: float = 0.0
+    ):
         super().__init__()
         self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(out_channels)
@@ -38,9 +40,13 @@ class BasicBlock(nn.Module):
                     bn=nn.BatchNorm2d(out_channels),
                 )
             )
+        # between the two convs, as in wide ResNets; whole channels (Dropout2d)
+        self.drop = nn.Dropout2d(block_dropout) if block_dropout > 0 else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
+        if self.drop is not None:
+            out = self.drop(out)
         out = self.bn2(self.conv2(out))
         return F.relu(out + self.shortcut(x))
 
@@ -52,6 +58,7 @@ class ResNet(nn.Module):
         blocks: number of blocks in each of the four stages (``(2, 2, 2, 2)`` is ResNet-18).
         num_classes: outputs of the final linear layer.
         dropout: probability of the dropout before ``fc``; 0 puts an ``nn.Identity`` there.
+        block_dropout: probability of the Dropout2d between the two convs of every block (0: none).
     """
 
     def __init__(
@@ -59,6 +66,7 @@ class ResNet(nn.Module):
         blocks: tuple[int, int, int, int] = (2, 2, 2, 2),
         num_classes: int = 10,
         dropout: float = 0.0,
+        block_dropout: float = 0.0,
     ):
         super().__init__()
         if not 0.0 <= dropout < 1.0:
@@ -69,8 +77,8 @@ class ResNet(nn.Module):
         in_channels = 64
         stages = []
         for width, stride, count in zip(widths, strides, blocks):
-            layers = [BasicBlock(in_channels, width, stride)]
-            layers += [BasicBlock(width, width, 1) for _ in range(count - 1)]
+            layers = [BasicBlock(in_channels, width, stride, block_dropout)]
+            layers += [BasicBlock(width, width, 1, block_dropout) for _ in range(count - 1)]
             stages.append(nn.Sequential(*layers))
             in_channels = width
         self.layer1, self.layer2, self.layer3, self.layer4 = stages
@@ -90,6 +98,8 @@ class ResNet(nn.Module):
         return self.fc(self.dropout(self.avgpool(x).flatten(1)))
 
 
-def resnet18(num_classes: int = 10, dropout: float = 0.0) -> ResNet:
+def resnet18(num_classes: int = 10, dropout: float = 0.0, block_dropout: float = 0.0) -> ResNet:
     """ResNet-18, CIFAR form: 11,173,962 parameters for 10 classes."""
-    return ResNet((2, 2, 2, 2), num_classes=num_classes, dropout=dropout)
+    return ResNet(
+        (2, 2, 2, 2), num_classes=num_classes, dropout=dropout, block_dropout=block_dropout
+    )

@@ -79,7 +79,14 @@ class Bottleneck(nn.Module):
     the identity). Output: ``relu(shortcut + residual)``.
     """
 
-    def __init__(self, in_channels: int, inner_channels: int, out_channels: int, stride: int = 1):
+    def __init__(
+        self,
+        in_channels: int,
+        inner_channels: int,
+        out_channels: int,
+        stride: int = 1,
+        block_dropout: float = 0.0,
+    ):
         super().__init__()
         self.stride = stride
         self.conv1 = nn.Conv2d(in_channels, inner_channels, 1, bias=False)
@@ -98,6 +105,8 @@ class Bottleneck(nn.Module):
                     bn=nn.BatchNorm2d(out_channels),
                 )
             )
+        # after the 3x3 conv, before the expanding 1x1; whole channels (Dropout2d)
+        self.drop = nn.Dropout2d(block_dropout) if block_dropout > 0 else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.shortcut is None:
@@ -106,14 +115,18 @@ class Bottleneck(nn.Module):
             shortcut = self.shortcut(x)
         out = F.relu(self.bn1(self.conv1(x)))
         out = F.relu(self.bn2(self.conv2(self.pad2(out))))
+        if self.drop is not None:
+            out = self.drop(out)
         out = self.bn3(self.conv3(out))
         return F.relu(shortcut + out)
 
 
-def _stage(in_channels: int, inner: int, out: int, stride: int, units: int = 2) -> nn.Sequential:
+def _stage(
+    in_channels: int, inner: int, out: int, stride: int, units: int = 2, block_dropout: float = 0.0
+) -> nn.Sequential:
     """``units`` bottlenecks; only the first carries the stride and the channel change."""
-    layers = [Bottleneck(in_channels, inner, out, stride)]
-    layers += [Bottleneck(out, inner, out, 1) for _ in range(units - 1)]
+    layers = [Bottleneck(in_channels, inner, out, stride, block_dropout)]
+    layers += [Bottleneck(out, inner, out, 1, block_dropout) for _ in range(units - 1)]
     return nn.Sequential(*layers)
 
 
@@ -124,9 +137,16 @@ class TutorialResNet(nn.Module):
         num_classes: outputs of the final linear layer.
         dropout: probability of the dropout before ``fc``; 0 puts an ``nn.Identity`` there.
         verbose: print the tutorial's shape lines (NHWC) on the first forward, once.
+        block_dropout: probability of the Dropout2d inside every bottleneck (0: none).
     """
 
-    def __init__(self, num_classes: int = 10, dropout: float = 0.0, verbose: bool = False):
+    def __init__(
+        self,
+        num_classes: int = 10,
+        dropout: float = 0.0,
+        verbose: bool = False,
+        block_dropout: float = 0.0,
+    ):
         super().__init__()
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
@@ -143,9 +163,9 @@ class TutorialResNet(nn.Module):
         self.pool = nn.Sequential(
             OrderedDict(pad=TFSamePad(3, 2, value=float("-inf")), pool=nn.MaxPool2d(3, 2))
         )
-        self.block2 = _stage(32, 32, 128, stride=1)
-        self.block3 = _stage(128, 64, 256, stride=2)
-        self.block4 = _stage(256, 128, 512, stride=2)
+        self.block2 = _stage(32, 32, 128, stride=1, block_dropout=block_dropout)
+        self.block3 = _stage(128, 64, 256, stride=2, block_dropout=block_dropout)
+        self.block4 = _stage(256, 128, 512, stride=2, block_dropout=block_dropout)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.dropout: nn.Module = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.fc = nn.Linear(512, num_classes)

@@ -23,6 +23,8 @@ from reglab.data import CIFAR10, load_cifar10
 from reglab.data.pipeline import BatchPipeline
 from reglab.models import create_model
 from reglab.regularization import Regularization, build_regularization
+from reglab.regularization.audit import AuditError, audit_regularization
+from reglab.regularization.diagnostics import bn_followed_weights, weight_diagnostics
 from reglab.training.optim import build_optimizer, lr_at
 from reglab.training.rundir import RunDir
 
@@ -69,6 +71,46 @@ def evaluate(
     return loss_sum.item() / n, correct.item() / n
 
 
+def train_step(
+    forward: Callable[[torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    reg: Regularization,
+    optimizer: torch.optim.Optimizer,
+    lr: float,
+    label_smoothing: float = 0.0,
+    autocast: Callable[[], Any] = nullcontext,
+    probe: Callable[[str], None] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """One update at learning rate ``lr``; returns (logits, data loss, penalty or None).
+
+    The penalty is added to the loss that is minimised (the tutorial's bug was to leave it out).
+    ``probe(stage)`` is the audit's hook, called at "gradient" (just before optimizer.step()),
+    "update" (just after it) and "final" (after the regularizers' after_step).
+    """
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    with autocast():
+        logits = forward(x)
+        # the loss in at least float32 (bf16 logits under autocast; float64 kept for the audit)
+        wide = logits if logits.dtype == torch.float64 else logits.float()
+        data_loss = F.cross_entropy(wide, y, label_smoothing=label_smoothing)
+    penalty = reg.penalty()
+    loss = data_loss if penalty is None else data_loss + penalty
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    reg.before_step(lr)
+    if probe is not None:
+        probe("gradient")
+    optimizer.step()
+    if probe is not None:
+        probe("update")
+    reg.after_step(lr)
+    if probe is not None:
+        probe("final")
+    return logits, data_loss, penalty
+
+
 class Printer:
     """Log lines to stdout, above a progress bar on stderr when that is a terminal."""
 
@@ -97,6 +139,21 @@ class Printer:
             self.bar.close()
 
 
+def build_model(
+    cfg: TrainConfig, num_classes: int, pipeline: BatchPipeline, device: torch.device
+) -> nn.Module:
+    """The network of ``cfg`` on ``device``, initialised (from the pipeline's data if it asks)."""
+    extra = {"verbose": True} if cfg.verbose and cfg.model == "tutorial-resnet" else {}
+    model = create_model(
+        cfg.model, num_classes=num_classes, dropout=cfg.dropout,
+        block_dropout=cfg.block_dropout, **extra,
+    )  # fmt: skip
+    model = model.to(device, memory_format=torch.channels_last if cfg.channels_last else None)
+    if hasattr(model, "init_from_data"):  # e.g. airbench's whitening layer, from 5,000 images
+        model.init_from_data(pipeline.prepare(pipeline.images[:5000]))
+    return model
+
+
 def train(
     cfg: TrainConfig,
     run_dir: RunDir | None = None,
@@ -122,11 +179,7 @@ def train(
     steps = total_steps(cfg, len(data.train_images))
 
     # model
-    extra = {"verbose": True} if cfg.verbose and cfg.model == "tutorial-resnet" else {}
-    model = create_model(cfg.model, num_classes=len(data.classes), dropout=cfg.dropout, **extra)
-    model = model.to(device, memory_format=torch.channels_last if cfg.channels_last else None)
-    if hasattr(model, "init_from_data"):  # e.g. airbench's whitening layer, from 5,000 images
-        model.init_from_data(pipeline.prepare(pipeline.images[:5000]))
+    model = build_model(cfg, len(data.classes), pipeline, device)
     forward = torch.compile(model) if cfg.compile else model
     autocast = (
         (lambda: torch.autocast("cuda", dtype=torch.bfloat16))
@@ -148,9 +201,12 @@ def train(
         f"training images, validation: {data.val_split} ({len(data.val_images):,} images), "
         f"{steps:,} steps of batch {cfg.batch_size}"
     )
-    say(reg.table(model))
+    table = reg.table(model)
+    say(table)
+    bn_followed = bn_followed_weights(model)  # for the effective-learning-rate diagnostic
     if run_dir is not None:
         run_dir.write_config(cfg.to_dict())
+        run_dir.write_text("regularization.txt", table)
 
     def log(row: dict[str, Any]) -> None:
         if run_dir is not None:
@@ -172,19 +228,19 @@ def train(
         lr = lr_at(
             step, steps, cfg.lr, cfg.schedule, cfg.warmup_steps, cfg.lr_milestones, cfg.lr_gamma
         )
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-
-        with autocast():
-            logits = forward(x)
-            data_loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
-        penalty = reg.penalty()
-        loss = data_loss if penalty is None else data_loss + penalty
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        reg.before_step(lr)
-        optimizer.step()
-        reg.after_step(lr)
+        if step == 0 and cfg.audit:  # on copies: the run's trajectory is not changed
+            t0 = time.perf_counter()
+            audit = audit_regularization(model, reg, optimizer, x, y, lr, cfg.label_smoothing)
+            say(audit.report())
+            if run_dir is not None:
+                run_dir.write_text("audit.txt", audit.report())
+            if not audit.ok:  # a regularizer that does not act as its formula says stops the run
+                raise AuditError(audit.error())
+            eval_time += time.perf_counter() - t0  # the audit is not training time
+            interval_start += time.perf_counter() - t0
+        logits, data_loss, penalty = train_step(
+            forward, x, y, reg, optimizer, lr, cfg.label_smoothing, autocast
+        )
 
         # running sums stay on the device: no synchronisation until a log point
         loss_sum += data_loss.detach() * len(y)
@@ -212,6 +268,10 @@ def train(
                 "loss": train_loss, "acc": train_acc, "lr": lr, "penalty": penalty_sum.item() / seen,
                 "elapsed": time.perf_counter() - started, "s_per_batch": per_batch,
             }  # fmt: skip
+            fields, detail = weight_diagnostics(model, reg, lr, bn_followed)
+            row.update(fields)
+            if run_dir is not None:
+                run_dir.log_weights({"step": done, "lr": lr, **detail})
             log(row)
             history.append(row)
             loss_sum.zero_(), penalty_sum.zero_(), correct.zero_()
@@ -261,7 +321,12 @@ def train(
         "images_per_second": round(steps * cfg.batch_size / max(train_time, 1e-9), 1),
         "parameters": n_params,
         "device": str(device),
+        "regularization": [r.label for r in reg.regularizers],
     }
+    last_train = next(r for r in reversed(history) if r["split"] == "train")
+    summary.update(
+        {k: v for k, v in last_train.items() if k.startswith(("weight_norm/", "sparsity/"))}
+    )
     say(
         f"[summary]: {steps:,} steps in {elapsed:.1f} s ({summary['images_per_second']:.0f} "
         f"images/s); {data.val_split} acc = {summary['final_val_acc']:.4f} "

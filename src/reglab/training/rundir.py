@@ -1,7 +1,11 @@
 """A run directory: the resolved config, the metrics, the summary and the checkpoint.
 
     config.yaml      every setting of the run, after presets, config file and flags
-    metrics.jsonl    one row per log point: step, epoch, split, loss, acc, lr, penalty, elapsed
+    metrics.jsonl    one row per log point: step, epoch, split, loss, acc, lr, penalty, elapsed;
+                     train rows add grad_norm, weight_norm/<group>, eff_lr_bn, sparsity/<method>
+    weights.jsonl    per train log point, per tensor: norm, grad_norm, zeros, eff_lr (diagnostics)
+    regularization.txt  the rules and the parameter groups they apply to, as printed at the start
+    audit.txt        the first step's check that each regularizer changes what its formula says
     summary.json     final and best validation figures, time, throughput
     checkpoint.pt    model, optimizer, step and config (torchvision references' contents)
 
@@ -36,6 +40,8 @@ class RunDir:
         self.path.mkdir(parents=True, exist_ok=True)
         self.metrics_path = self.path / "metrics.jsonl"
         self.metrics_path.write_text("")  # a fresh log (overwrite was asked for, or it is new)
+        self.weights_path = self.path / "weights.jsonl"
+        self.weights_path.unlink(missing_ok=True)
 
     @staticmethod
     def default_name(label: str) -> str:
@@ -47,6 +53,13 @@ class RunDir:
     def log(self, row: dict[str, Any]) -> None:
         with self.metrics_path.open("a") as f:
             f.write(json.dumps(row) + "\n")
+
+    def log_weights(self, row: dict[str, Any]) -> None:
+        with self.weights_path.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+
+    def write_text(self, name: str, text: str) -> None:
+        (self.path / name).write_text(text.rstrip("\n") + "\n")
 
     def write_summary(self, summary: dict[str, Any]) -> None:
         (self.path / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")

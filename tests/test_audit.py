@@ -1,0 +1,258 @@
+"""The audit: it passes every correct regularizer, rejects the tutorial's bug (a penalty computed
+but left out of the minimised loss) and other misapplied ones with one line naming them, and
+leaves the run's trajectory unchanged."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from test_regularization import TinyNet, batches, one_thread  # noqa: F401 (fixture)
+
+from reglab.cli import main
+from reglab.config import TrainConfig
+from reglab.data import CIFAR10
+from reglab.regularization import (
+    CoupledWeightDecay,
+    DecoupledWeightDecay,
+    L2Penalty,
+    Regularization,
+    build_regularization,
+    default_scope,
+)
+from reglab.regularization.audit import AuditError, audit_regularization, check_regularization
+from reglab.training import RunDir, read_metrics, train
+from reglab.training import loop as loop_module
+
+ALL_METHODS = [
+    "l2=1e-3", "l1=1e-4@conv", "wd=5e-3@linear.weight,norm.weight", "decoupled-wd=1e-2",
+    "decay-per-step=1e-3@norm.bias+name:bn1.*", "decay-per-1024=1e-2@name:conv2.*",
+    "prox-l1=1e-2@linear.weight",
+]  # fmt: skip
+
+
+def setup(rules, optimizer="sgd"):
+    torch.manual_seed(0)
+    model = TinyNet()  # float32, as in a run
+    model.bn1.bias.data.uniform_(-0.1, 0.1)  # non-zero, so that decay on it is checkable
+    plan = build_regularization(TrainConfig(l2=0, regularizers=rules).validate(), model)
+    if optimizer == "sgd":
+        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    else:
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.0)
+    ((x, y),) = batches(1)
+    return model, plan, opt, x.float(), y
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
+def test_every_method_passes_together(optimizer):
+    model, plan, opt, x, y = setup(ALL_METHODS, optimizer)
+    result = audit_regularization(model, plan, opt, x, y, lr=0.1)
+    assert result.ok, result.report()
+    assert len(result.findings) == len(ALL_METHODS)
+    assert all(f.checkable and f.max_rel_error < 1e-9 for f in result.findings), result.report()
+    assert "ok" in check_regularization(model, plan, opt, x, y, lr=0.1)
+
+
+def test_audit_changes_nothing_of_the_run():
+    model, plan, opt, x, y = setup([*ALL_METHODS, "l2=1e-3@name:fc.*"])
+    model.train()
+    for _ in range(2):  # optimizer state and BN statistics that the audit must not touch
+        loop_module.train_step(model, x, y, plan, opt, 0.1)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    opt_state = json.dumps(
+        {str(k): {n: t.tolist() for n, t in s.items()} for k, s in opt.state.items()}
+    )
+    rng = torch.get_rng_state()
+    check_regularization(model, plan, opt, x, y, lr=0.1)
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+    assert all(p.grad is not None for p in model.parameters())  # untouched too
+    assert opt_state == json.dumps(
+        {str(k): {n: t.tolist() for n, t in s.items()} for k, s in opt.state.items()}
+    )
+    assert torch.equal(rng, torch.get_rng_state())
+
+
+# --------------------------------------------------------------- the tutorial's bug, and others
+
+
+class CollectedNotAdded(L2Penalty):
+    """The tutorial: the L2 term is computed (collected by arg_scope) but never reaches the loss."""
+
+    def penalty(self):
+        collected = super().penalty()  # noqa: F841 (computed, then dropped: the bug)
+        return None
+
+
+class PlanDroppingPenalty(Regularization):
+    def penalty(self):
+        super().penalty()
+        return None
+
+
+def step_minimising_data_loss_only(forward, x, y, reg, optimizer, lr, label_smoothing=0.0,
+                                   autocast=None, probe=None):  # fmt: skip
+    """The tutorial's training step: the penalty is computed, the data loss is minimised."""
+    for g in optimizer.param_groups:
+        g["lr"] = lr
+    data_loss = F.cross_entropy(forward(x), y)
+    penalty = reg.penalty()
+    _total = data_loss if penalty is None else data_loss + penalty  # computed, not minimised
+    optimizer.zero_grad()
+    data_loss.backward()
+    reg.before_step(lr)
+    probe("gradient")
+    optimizer.step()
+    probe("update")
+    reg.after_step(lr)
+    probe("final")
+
+
+def one_line_error(model, plan, opt, x, y, step_fn=None) -> str:
+    with pytest.raises(AuditError) as info:
+        check_regularization(model, plan, opt, x, y, lr=0.1, step_fn=step_fn)
+    msg = str(info.value)
+    assert "\n" not in msg
+    return msg
+
+
+def test_tutorial_bug_penalty_not_returned_is_rejected():
+    model, _, opt, x, y = setup([])
+    plan = Regularization([CollectedNotAdded(1e-4, default_scope(model))])
+    msg = one_line_error(model, plan, opt, x, y)
+    assert "l2=0.0001 does not change the gradient of 3 of its 3 tensors" in msg
+    assert "conv1.weight, conv2.weight, fc.weight" in msg and "added to the loss" in msg
+
+
+def test_tutorial_bug_plan_dropping_penalty_is_rejected():
+    model, _, opt, x, y = setup([])
+    plan = PlanDroppingPenalty([L2Penalty(1e-4, default_scope(model))])
+    assert "l2=0.0001 does not change the gradient" in one_line_error(model, plan, opt, x, y)
+
+
+def test_tutorial_bug_step_leaving_penalty_out_of_the_loss_is_rejected():
+    model, plan, opt, x, y = setup(["l2=1e-4"])
+    msg = one_line_error(model, plan, opt, x, y, step_fn=step_minimising_data_loss_only)
+    assert "l2=1e-4 does not change the gradient of 3 of its 3 tensors" in msg
+    # the same plan with the real step passes
+    check_regularization(model, plan, opt, x, y, lr=0.1)
+
+
+def test_partial_wrong_and_leaking_regularizers_are_rejected():
+    model, _, opt, x, y = setup([])
+    scope = default_scope(model)
+
+    class HalfDecay(CoupledWeightDecay):  # wd/2: the wrong formula
+        def before_step(self, lr):
+            for p in self.tensors:
+                p.grad.add_(p.detach(), alpha=self.coef / 2)
+
+    class SkipsLast(CoupledWeightDecay):  # forgets a tensor
+        def before_step(self, lr):
+            for p in self.tensors[:-1]:
+                p.grad.add_(p.detach(), alpha=self.coef)
+
+    class Leaks(CoupledWeightDecay):  # also decays the classifier's bias
+        def __init__(self, coef, params, bias):
+            super().__init__(coef, params)
+            self.bias = bias
+
+        def before_step(self, lr):
+            super().before_step(lr)
+            self.bias.grad.add_(self.bias.detach(), alpha=self.coef)
+
+    class AfterTheStep(DecoupledWeightDecay):  # decoupled decay applied after the update
+        def before_step(self, lr):
+            pass
+
+        def after_step(self, lr):
+            super().before_step(lr)
+
+    msg = one_line_error(model, Regularization([HalfDecay(1e-2, scope)]), opt, x, y)
+    assert "3 of its 3 tensors" in msg
+    msg = one_line_error(model, Regularization([SkipsLast(1e-2, scope)]), opt, x, y)
+    assert "1 of its 3 tensors (fc.weight)" in msg
+    msg = one_line_error(model, Regularization([Leaks(1e-2, scope, model.fc.bias)]), opt, x, y)
+    assert "outside its scope (fc.bias)" in msg
+    msg = one_line_error(model, Regularization([AfterTheStep(1e-2, scope)]), opt, x, y)
+    assert "decoupled-wd=0.01 does not change the updated weights" in msg
+
+
+# ------------------------------------------------------------------------------- in the loop
+
+
+def synthetic(n_train=48, n_val=16) -> CIFAR10:
+    g = torch.Generator().manual_seed(0)
+    return CIFAR10(
+        train_images=torch.randint(0, 256, (n_train, 3, 32, 32), dtype=torch.uint8, generator=g),
+        train_labels=torch.randint(0, 10, (n_train,), generator=g),
+        val_images=torch.randint(0, 256, (n_val, 3, 32, 32), dtype=torch.uint8, generator=g),
+        val_labels=torch.randint(0, 10, (n_val,), generator=g),
+        val_split="holdout",
+        source=None,  # type: ignore[arg-type]
+    )
+
+
+def run_config(**kw) -> TrainConfig:
+    base = dict(
+        model="airbench", image_size=32, batch_size=8, steps=4, optimizer="nesterov", lr=0.05,
+        l2=5e-4, dropout=0.3, block_dropout=0.2, augment="cutout", log_every=2, val_every=4,
+        eval_batch_size=16, device="cpu", channels_last=False, threads=1,
+        regularizers=["prox-l1=1e-3@linear.weight", "decoupled-wd=1e-2@norm.weight"],
+    )  # fmt: skip
+    base.update(kw)
+    return TrainConfig(**base).validate()
+
+
+def test_run_with_audit_has_identical_metrics_and_records_diagnostics(tmp_path):
+    data = synthetic()
+    rows = {}
+    for audit in (True, False):
+        run = RunDir(tmp_path / f"audit-{audit}")
+        train(run_config(audit=audit), run, data, quiet=True)
+        rows[audit] = [{k: v for k, v in r.items() if k not in ("elapsed", "s_per_batch")}
+                       for r in read_metrics(run.path)]  # fmt: skip
+    assert rows[True] == rows[False]
+    path = tmp_path / "audit-True"
+    assert "prox-l1=1e-3@linear.weight" in (path / "audit.txt").read_text()
+    assert "frozen" in (path / "regularization.txt").read_text()
+    assert not (tmp_path / "audit-False" / "audit.txt").exists()
+    train_row = rows[True][0]
+    for key in ("grad_norm", "weight_norm/conv.weight", "weight_norm/norm.weight", "eff_lr_bn",
+                "sparsity/prox-l1", "penalty", "loss"):  # fmt: skip
+        assert key in train_row, key
+    assert train_row["sparsity/prox-l1"] > 0  # lr·λ = 5e-5 against a tiny initial fc
+    weights = [json.loads(line) for line in (path / "weights.jsonl").read_text().splitlines()]
+    assert [w["step"] for w in weights] == [2, 4]
+    assert weights[0]["tensors"]["layers.0.0.weight"]["eff_lr"] > 0
+
+
+def test_a_run_whose_regularizer_misses_stops(tmp_path, monkeypatch, capsys):
+    def buggy(cfg, model):
+        return Regularization([CollectedNotAdded(cfg.l2, default_scope(model), "l2=0.0005")])
+
+    monkeypatch.setattr(loop_module, "build_regularization", buggy)
+    run = RunDir(tmp_path / "stopped")
+    with pytest.raises(AuditError, match=r"l2=0\.0005 does not change the gradient of 7 of its 7"):
+        train(run_config(regularizers=[]), run, synthetic(), quiet=True)
+    assert "FAILED (7 missed, 0 outside scope)" in (run.path / "audit.txt").read_text()
+    assert read_metrics(run.path) == []  # stopped before the first update
+    train(run_config(regularizers=[], audit=False), None, synthetic(), quiet=True)  # unchecked
+
+
+def test_audit_command_without_data(capsys, tmp_path):
+    argv = ["audit", "--model", "airbench", "--image-size", "32", "--threads", "1",
+            "--data-dir", str(tmp_path / "nothing-here"), "--reg", "wd=5e-4@conv.weight",
+            "--reg", "decoupled-wd=1e-3@norm"]  # fmt: skip
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "parameter group" in out and "wd=5e-4@conv.weight" in out
+    assert out.count(" ok") == 3  # --l2 1e-4 (the default) and the two rules
+    assert main(["audit", "--reg", "wd=5e-4@name:nothing.*", "--model", "airbench"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert (
+        err.startswith("reglab: error: rule 'wd=5e-4@name:nothing.*' matches no")
+        and "\n" not in err
+    )
