@@ -101,6 +101,7 @@ def main() -> None:
     p.add_argument("--out", default=".")
     p.add_argument("--tiny", action="store_true")
     p.add_argument("--skip-airbench", action="store_true")
+    p.add_argument("--variant", action="append", default=[], help="KEY=VALUE of the gpu preset")
     args = p.parse_args()
     cuda = torch.cuda.is_available()
     device = "cuda" if cuda else "cpu"
@@ -112,6 +113,11 @@ def main() -> None:
     table["reglab gpu preset (airbench94 net)"] = reglab_runs("gpu", data, args.runs, device,
                                                               args.tiny)  # fmt: skip
     table["reglab quick preset (CPU net)"] = reglab_runs("quick", data, 1, device, args.tiny)
+    for variant in args.variant:  # e.g. lr=1.6 or compile=true: one run each after a warm-up
+        key, value = variant.split("=")
+        value = value == "true" if value in ("true", "false") else float(value)
+        table[f"reglab gpu preset, {variant}"] = reglab_runs("gpu", data, 1, device, args.tiny,
+                                                             **{key: value})  # fmt: skip
     if cuda and not args.skip_airbench:
         table["airbench94 (PyPI airbench 0.1.8)"] = airbench_runs(data, args.runs,
                                                                   Path(args.out).resolve())  # fmt: skip

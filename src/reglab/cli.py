@@ -1,4 +1,4 @@
-"""Command line: ``reglab train | models`` (argparse; flags named as in torchvision's references).
+"""Command line: ``reglab train | audit | models | sweep | report`` (argparse; torchvision's flags).
 
 Every error a user can cause ends in one line on stderr, ``reglab: error: <problem>; <fix>``, and
 exit status 2, never a traceback.
