@@ -160,7 +160,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "batch_size": 1024,
         "epochs": 10,
         "optimizer": "nesterov",
-        "lr": 0.8,
+        "lr": 1.6,
         "momentum": 0.85,
         "schedule": "linear",
         "warmup_steps": 80,
