@@ -46,8 +46,9 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
 
     g = p.add_argument_group("setup")
     g.add_argument("--preset", choices=sorted(PRESETS),
-                   help="tutorial: the tutorial's run (the defaults); quick: a CPU recipe, "
-                        "80%% holdout accuracy in minutes")
+                   help="tutorial: the tutorial's run (the defaults); quick: a 2-core CPU "
+                        "recipe, over 80%% holdout accuracy in minutes; gpu: airbench94-width "
+                        "net, 10 epochs of batch 1024, about 93%% in seconds on one GPU")
     g.add_argument("--config", metavar="FILE", help="YAML file of settings (flags override it)")
     g = p.add_argument_group("model")
     g.add_argument("--model", help=f"one of: {', '.join(list_models())} (default tutorial-resnet)")
