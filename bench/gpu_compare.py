@@ -119,8 +119,8 @@ def main() -> None:
         table[f"reglab gpu preset, {variant}"] = reglab_runs("gpu", data, 1, device, args.tiny,
                                                              **{key: value})  # fmt: skip
     if cuda and not args.skip_airbench:
-        table["airbench94 (PyPI airbench 0.1.8)"] = airbench_runs(data, args.runs,
-                                                                  Path(args.out).resolve())  # fmt: skip
+        workdir = Path(args.out).resolve()
+        table["airbench94 (PyPI airbench 0.1.8)"] = airbench_runs(data, args.runs, workdir)
 
     Path(args.out, "gpu_compare.json").write_text(json.dumps({"gpu": gpu, "runs": table}, indent=2))
     print(f"\n{gpu}, torch {torch.__version__}; medians over runs; training on 40,000 images, "
@@ -133,7 +133,8 @@ def main() -> None:
         print(f"| {name} | {len(rows)} | {t:.2f} | {a:.4f} |")
     ab = table.get("airbench94 (PyPI airbench 0.1.8)")
     if ab:
-        ours = statistics.median(r["train_seconds"] for r in table["reglab gpu preset (airbench94 net)"])
+        gpu_rows = table["reglab gpu preset (airbench94 net)"]
+        ours = statistics.median(r["train_seconds"] for r in gpu_rows)
         print(f"\ntime ratio reglab gpu / airbench94 = "
               f"{ours / statistics.median(r['train_seconds'] for r in ab):.2f}")  # fmt: skip
 

@@ -36,7 +36,7 @@ def run_main(capsys, argv):
     ],
 )
 def test_bad_train_input_is_one_clear_line(capsys, tmp_path, argv, needle):
-    code, out, err = run_main(capsys, ["train", "--runs-dir", str(tmp_path), *argv])
+    code, _out, err = run_main(capsys, ["train", "--runs-dir", str(tmp_path), *argv])
     assert code == 2
     assert needle in err
     assert len(err.strip().splitlines()) == 1, err

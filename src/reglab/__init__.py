@@ -1,3 +1,3 @@
-"""reglab: CIFAR-10 classifiers with regularization that is really applied, measured and chosen well."""
+"""reglab: CIFAR-10 classifiers with regularization really applied, measured and chosen well."""
 
 __version__ = "0.1.0"

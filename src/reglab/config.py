@@ -76,21 +76,23 @@ class TrainConfig:
     verbose: bool = False  # print the model's layer shapes on the first forward pass
     extra: dict[str, Any] = field(default_factory=dict)
 
-    def validate(self) -> "TrainConfig":
+    def validate(self) -> TrainConfig:
         from reglab.models import MODELS, check_image_size
 
         def bad(msg: str) -> None:
             raise ConfigError(msg)
 
         if self.model not in MODELS:
-            bad(f"unknown model {self.model!r} (--model); choose one of: {', '.join(sorted(MODELS))}")
+            choices = ", ".join(sorted(MODELS))
+            bad(f"unknown model {self.model!r} (--model); choose one of: {choices}")
         try:
             check_image_size(self.model, self.image_size)
         except ValueError as e:
             raise ConfigError(str(e)) from None
         for name in ("batch_size", "eval_batch_size", "log_every", "val_every"):
             if getattr(self, name) < 1:
-                bad(f"--{name.replace('_', '-')} must be a positive integer (got {getattr(self, name)})")
+                flag = "--" + name.replace("_", "-")
+                bad(f"{flag} must be a positive integer (got {getattr(self, name)})")
         if self.steps < 1 and self.epochs is None:
             bad(f"--steps must be a positive integer (got {self.steps})")
         if self.epochs is not None and self.epochs <= 0:
@@ -203,7 +205,8 @@ def build_config(
             raise ConfigError(f"unknown preset {preset!r}; choose one of: {', '.join(PRESETS)}")
         values.update(PRESETS[preset])
         values["preset"] = preset
-    for source in (file_values or {}, {k: v for k, v in (overrides or {}).items() if v is not None}):
+    flags = {k: v for k, v in (overrides or {}).items() if v is not None}
+    for source in (file_values or {}, flags):
         for key, value in source.items():
             key = key.replace("-", "_")
             if key not in FIELDS:

@@ -33,7 +33,7 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"--device {name} asked for, but no CUDA GPU is available; use --device cpu")
+        raise ValueError(f"--device {name}: no CUDA GPU is available here; use --device cpu")
     return torch.device(name)
 
 
@@ -265,7 +265,8 @@ def train(
             )
             row = {
                 "step": done, "epoch": round(done / steps_per_epoch, 4), "split": "train",
-                "loss": train_loss, "acc": train_acc, "lr": lr, "penalty": penalty_sum.item() / seen,
+                "loss": train_loss, "acc": train_acc, "lr": lr,
+                "penalty": penalty_sum.item() / seen,
                 "elapsed": time.perf_counter() - started, "s_per_batch": per_batch,
             }  # fmt: skip
             fields, detail = weight_diagnostics(model, reg, lr, bn_followed)
