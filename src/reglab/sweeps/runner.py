@@ -124,11 +124,14 @@ _DEFAULTS = {"final": False, "seeds": 1, "workers": 1, "prune": True}  # left ou
 
 
 def _command(args: argparse.Namespace) -> str:
-    """The sweep's command line, rebuilt from the flags that were given."""
+    """The sweep's command line, rebuilt from the flags that were given (the --storage password
+    hidden: the line is written to sweep.yaml)."""
     words = ["reglab", "sweep"]
     for dest, value in vars(args).items():
         if value is None or dest in ("func", "command") or _DEFAULTS.get(dest, ...) == value:
             continue
+        if dest == "storage":
+            value = redact(value)
         flag = "--" + dest.replace("_", "-")
         if isinstance(value, bool):
             words.append(flag if value else f"--no-{dest.replace('_', '-')}")
