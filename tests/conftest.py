@@ -1,11 +1,20 @@
-"""Shared pytest fixtures: the real CIFAR-10 folder (or a skip) and tiny fake CIFAR-10 files."""
+"""Shared pytest fixtures: the real CIFAR-10 folder (or a skip), tiny fake CIFAR-10 files, and a
+throwaway PostgreSQL server (or a skip)."""
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import hashlib
 import os
 import pickle
-from collections.abc import Callable
+import re
+import secrets
+import shutil
+import socket
+import subprocess
+import tempfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -132,3 +141,112 @@ def fake_cifar(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[...,
         return FakeCifar(root, folder, layout, train_x, train_y, test_x, test_y, md5)
 
     return make
+
+
+# --------------------------------------------------------------------------------------------
+# PostgreSQL: a throwaway server on the loopback interface, for `reglab sweep --storage URL`.
+
+
+def _postgres_bin() -> Path | None:
+    """The folder of initdb and pg_ctl: on PATH, else Debian's /usr/lib/postgresql/<ver>/bin
+    (the highest version)."""
+    initdb, pg_ctl = shutil.which("initdb"), shutil.which("pg_ctl")
+    if initdb and pg_ctl and Path(initdb).resolve().parent == Path(pg_ctl).resolve().parent:
+        return Path(initdb).resolve().parent
+    folders = [Path(f) for f in glob.glob("/usr/lib/postgresql/*/bin")]
+    folders = [f for f in folders if (f / "initdb").is_file() and (f / "pg_ctl").is_file()]
+
+    def version(f: Path) -> tuple[int, ...]:
+        return tuple(int(x) for x in re.findall(r"\d+", f.parent.name))
+
+    return max(folders, key=version) if folders else None
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """SQLAlchemy URL of an empty PostgreSQL database for sweep studies.
+
+    ``$REGLAB_TEST_POSTGRES_URL`` if set (tests then use unique study names in it and delete
+    them). Otherwise a throwaway cluster: initdb in a temporary folder, a server on a free port
+    of 127.0.0.1 only (its Unix socket in that folder), password authentication, stopped and
+    removed after the session. As root, the server runs as the ``postgres`` user (initdb refuses
+    root). Skipped, with the reason, without the PostgreSQL server binaries or the driver."""
+    url = os.environ.get("REGLAB_TEST_POSTGRES_URL")
+    if url:
+        yield url
+        return
+    try:
+        import psycopg
+    except ImportError:
+        pytest.skip("PostgreSQL driver psycopg (3) not installed: pip install -e '.[test]'")
+    bindir = _postgres_bin()
+    if bindir is None:
+        pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) not found on PATH or in "
+                    "/usr/lib/postgresql/*/bin: apt-get install postgresql, or set "
+                    "REGLAB_TEST_POSTGRES_URL")  # fmt: skip
+    as_user: dict = {}
+    if os.geteuid() == 0:  # initdb and postgres refuse to run as root
+        import pwd
+
+        try:
+            pw = pwd.getpwnam("postgres")
+        except KeyError:
+            pytest.skip("running as root and there is no 'postgres' user to run the PostgreSQL "
+                        "server as (Debian's postgresql package creates it)")  # fmt: skip
+        as_user = {"user": pw.pw_uid, "group": pw.pw_gid, "extra_groups": []}
+
+    # not under pytest's tmp dir: the server's user must be able to reach the folder
+    root = Path(tempfile.mkdtemp(prefix="reglab-pg-"))
+    data, log = root / "data", root / "server.log"
+    password = secrets.token_hex(16)
+    (root / "pwfile").write_text(password + "\n")
+    if as_user:
+        for path in (root, root / "pwfile"):
+            os.chown(path, as_user["user"], as_user["group"])
+
+    def pg(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+        done = subprocess.run([str(a) for a in args], cwd=root, capture_output=True, text=True,
+                              timeout=120, **as_user)  # fmt: skip
+        if check and done.returncode != 0:
+            tail = log.read_text()[-2000:] if log.exists() else ""
+            pytest.fail(f"{Path(args[0]).name} failed ({done.returncode}): "
+                        f"{done.stdout}{done.stderr}{tail}")  # fmt: skip
+        return done
+
+    started = False
+    try:
+        pg(bindir / "initdb", "-D", data, "-U", "reglab", f"--pwfile={root / 'pwfile'}",
+           "--auth-local=trust", "--auth-host=scram-sha-256", "-E", "UTF8", "--locale=C",
+           "--no-sync")  # fmt: skip
+        base_conf = (data / "postgresql.conf").read_text()
+        for attempt in range(3):  # another process may take the free port before the server
+            port = _free_port()
+            (data / "postgresql.conf").write_text(base_conf + (
+                f"\nlisten_addresses = '127.0.0.1'\nport = {port}\n"
+                f"unix_socket_directories = '{root}'\n"
+                "fsync = off\nsynchronous_commit = off\nfull_page_writes = off\n"
+            ))  # fmt: skip
+            done = pg(bindir / "pg_ctl", "-D", data, "-l", log, "-w", "-t", "60", "start",
+                      check=attempt == 2)  # fmt: skip
+            if done.returncode == 0:
+                started = True
+                break
+        with psycopg.connect(host="127.0.0.1", port=port, user="reglab", password=password,
+                             dbname="postgres", autocommit=True) as conn:  # fmt: skip
+            conn.execute("CREATE DATABASE reglab_test")
+        # the URL as users write it (SQLAlchemy >= 2.1 reads postgresql:// as psycopg 3)
+        yield f"postgresql://reglab:{password}@127.0.0.1:{port}/reglab_test"
+    finally:
+        if started:
+            stop = pg(bindir / "pg_ctl", "-D", data, "-m", "fast", "-w", "-t", "60", "stop",
+                      check=False)  # fmt: skip
+            if stop.returncode != 0:
+                pg(bindir / "pg_ctl", "-D", data, "-m", "immediate", "stop", check=False)
+        with contextlib.suppress(OSError):
+            shutil.rmtree(root)

@@ -1,25 +1,30 @@
 """Tests of reglab sweep: axis parsing, selection, the study's bookkeeping (claims, dead workers,
-duplicates), resuming after a kill, two workers on one study, holdout-only selection, --final.
+duplicates), resuming after a kill, two workers on one study, holdout-only selection, --final,
+and a study in PostgreSQL shared by the workers of two "machines".
 
 Training runs are tiny (300 images, 4 steps of 50, 200 holdout images, one thread): they check
 the plumbing, not the accuracy. Real-data tests skip when CIFAR-10 is absent; --final uses fake
-data files.
+data files. The bookkeeping tests run on SQLite and on PostgreSQL (the ``postgres_url`` fixture:
+a throwaway local server, or $REGLAB_TEST_POSTGRES_URL; skipped without either).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+import uuid
 from datetime import datetime
 from pathlib import Path
 
 import optuna
 import pytest
 from optuna.trial import TrialState
+from sqlalchemy.engine import make_url
 
 from reglab.cli import main
 from reglab.config import ConfigError
@@ -144,9 +149,33 @@ def test_rank_and_how_sure():
 
 
 @pytest.fixture
-def study(tmp_path):
-    storage = S.open_storage(f"sqlite:///{tmp_path / 'study.db'}", heartbeat_s=1)
-    return S.open_study(storage, "t", {"mode": "grid"}), storage
+def study_name():
+    """A study name no other test uses: the PostgreSQL database is shared by the session (and
+    may be a real server's)."""
+    return f"t-{uuid.uuid4().hex[:12]}"
+
+
+def _delete_study(url: str, name: str) -> None:
+    with contextlib.suppress(KeyError):
+        optuna.delete_study(study_name=name, storage=url)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def study_url(request, tmp_path, study_name):
+    """The storage URL of each backend: an SQLite file, then the PostgreSQL test server (the
+    test's study is deleted there afterwards)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'study.db'}"
+        return
+    url = request.getfixturevalue("postgres_url")
+    yield url
+    _delete_study(url, study_name)
+
+
+@pytest.fixture
+def study(study_url, study_name):
+    storage = S.open_storage(study_url, heartbeat_s=1)
+    return S.open_study(storage, study_name, {"mode": "grid"}), storage
 
 
 def test_claims_are_exclusive_and_jobs_enqueued_once(study):
@@ -189,10 +218,12 @@ def test_a_trial_claimed_by_a_worker_that_died_at_once_is_run_again(study, monke
     assert st.get_trials()[-1].state == TrialState.WAITING
 
 
-def test_a_silent_trial_of_another_machine_is_failed_after_the_grace(tmp_path, monkeypatch):
+def test_a_silent_trial_of_another_machine_is_failed_after_the_grace(
+    study_url, study_name, monkeypatch
+):
     monkeypatch.setattr(S, "GRACE_INTERVALS", 1)
-    storage = S.open_storage(f"sqlite:///{tmp_path / 'study.db'}", heartbeat_s=1)  # grace 1 s
-    st = S.open_study(storage, "t", {"mode": "grid"})
+    storage = S.open_storage(study_url, heartbeat_s=1)  # grace 1 s
+    st = S.open_study(storage, study_name, {"mode": "grid"})
     S.reconcile(st, storage, [Job("a")], datetime.now())
     t = S.claim(st, storage, {"a"})
     storage.set_trial_user_attr(t._trial_id, "host", "elsewhere/boot")
@@ -226,11 +257,12 @@ def test_a_job_enqueued_twice_runs_once(study):
     assert S.owner_of(st, first_claimed_later) == second.number
 
 
-def test_a_study_of_another_sweep_is_refused(tmp_path):
-    url = f"sqlite:///{tmp_path / 'study.db'}"
-    S.open_study(S.open_storage(url), "s", {"mode": "grid", "base": {"lr": 0.1}})
-    with pytest.raises(S.SweepError, match=r"lr: study 0\.1, now 0\.2"):
-        S.open_study(S.open_storage(url), "s", {"mode": "grid", "base": {"lr": 0.2}})
+def test_a_study_of_another_sweep_is_refused(study_url, study_name):
+    S.open_study(S.open_storage(study_url), study_name, {"mode": "grid", "base": {"lr": 0.1}})
+    with pytest.raises(S.SweepError, match=r"lr: study 0\.1, now 0\.2") as info:
+        S.open_study(S.open_storage(study_url), study_name, {"mode": "grid", "base": {"lr": 0.2}})
+    password = make_url(study_url).password
+    assert not password or password not in str(info.value)  # shown as ***
 
 
 # --------------------------------------------------------------------------------------------
@@ -393,3 +425,104 @@ def test_two_worker_processes_share_one_study(tmp_path, real_data_dir):
     assert len(trials) == 4, [(t.number, t.state, t.user_attrs) for t in trials]  # none twice
     assert len(list((sweep / "trials").iterdir())) == 4
     assert done.stdout.count("[sweep] trial ") == 4  # the live view: one line per trial
+
+
+# --------------------------------------------------------------------------------------------
+# PostgreSQL: one study shared by the workers of several machines
+
+
+@pytest.fixture
+def pg_study(postgres_url, study_name):
+    """(URL, study name) of a new study in the PostgreSQL test database, deleted afterwards."""
+    yield postgres_url, study_name
+    _delete_study(postgres_url, study_name)
+
+
+def _pg_sweep(machine: Path, data_dir: Path, url: str, name: str, grid: str) -> list[str]:
+    """The command as docs/sweeps.md has it for several machines: the same on each, with the
+    machine's own --dir (the study is named, so the folder's name need not match)."""
+    return reglab("sweep", "--dir", str(machine / "sweep"), "--data-dir", str(data_dir), *TINY,
+                  "--grid", grid, "--storage", url, "--study-name", name)  # fmt: skip
+
+
+def _no_password(url: str, output: str, folder: Path) -> None:
+    """The URL's password is neither in ``output`` nor in any file under ``folder``."""
+    password = make_url(url).password
+    if not password:
+        return
+    assert password not in output
+    for f in folder.rglob("*"):
+        assert not f.is_file() or password.encode() not in f.read_bytes(), f
+
+
+def test_workers_on_two_machines_share_one_postgresql_study(tmp_path, real_data_dir, pg_study):
+    """Two `reglab sweep --storage postgresql://...` processes, each with its own --dir as on two
+    machines (no file lock between them: both may enqueue a job; then the lower trial number
+    owns it and the other is failed as a duplicate, untrained): every job runs exactly once."""
+    url, name = pg_study
+    values = ("0", "0.0001", "0.001", "0.01", "0.1", "1")
+    machines = [tmp_path / "m1", tmp_path / "m2"]
+    procs = [subprocess.Popen(_pg_sweep(m, real_data_dir, url, name, "l2=" + ",".join(values)),
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for m in machines]  # fmt: skip
+    try:
+        outs = [p.communicate(timeout=300)[0] for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    for p, out in zip(procs, outs):
+        assert p.returncode == 0, out
+    study = optuna.load_study(study_name=name, storage=url)
+    complete = completed_by_key(study)
+    assert sorted(complete) == sorted(f"l2={v} seed=0" for v in values)  # none lost
+    assert all(len(ts) == 1 for ts in complete.values())  # none twice
+    trials = study.get_trials()
+    extra = [t for t in trials if t.state != TrialState.COMPLETE]
+    assert all(S.is_duplicate(t) and "run_dir" not in t.user_attrs for t in extra), [
+        (t.number, t.state, t.user_attrs) for t in extra]  # fmt: skip
+    # each run directory is on the machine whose worker trained it, and nowhere else
+    where = {p.pid: m for p, m in zip(procs, machines)}
+    for (t,) in complete.values():
+        mine = where[t.user_attrs["pid"]] / "sweep"
+        assert (mine / t.user_attrs["run_dir"] / "summary.json").is_file()
+        record = json.loads((mine / t.user_attrs["run_dir"] / "trial.json").read_text())
+        assert record["state"] == "COMPLETE" and record["study"] == name
+    dirs = [d.name for m in machines for d in (m / "sweep" / "trials").iterdir()]
+    assert sorted(dirs) == sorted(Path(t.user_attrs["run_dir"]).name
+                                  for (t,) in complete.values())  # fmt: skip
+    # the last to finish saw the whole sweep done, an earlier one the other's running trials;
+    # the password is in no output or file
+    assert any(f"{len(values)}/{len(values)} done" in out for out in outs), outs
+    for m, out in zip(machines, outs):
+        assert f"{len(values)}/{len(values)} done" in out or "running in other workers" in out
+        _no_password(url, out, m)
+
+
+def test_a_postgresql_sweep_run_again_repeats_nothing(tmp_path, real_data_dir, pg_study):
+    url, name = pg_study
+    cmd = _pg_sweep(tmp_path / "m1", real_data_dir, url, name, "l2=0,1e-3")
+    first = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stdout + first.stderr
+    before = optuna.load_study(study_name=name, storage=url).get_trials()
+    assert [t.state for t in before] == [TrialState.COMPLETE] * 2
+    sweep = tmp_path / "m1" / "sweep"
+    stamps = {p: p.stat().st_mtime_ns for p in sweep.glob("trials/*/summary.json")}
+    assert len(stamps) == 2
+
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "2 trials, 2 done already" in again.stdout
+    assert "[sweep] trial " not in again.stdout  # nothing ran
+    after = optuna.load_study(study_name=name, storage=url).get_trials()
+    assert [(t.number, t.state, t.value) for t in after] == [
+        (t.number, t.state, t.value) for t in before]  # fmt: skip
+    assert {p: p.stat().st_mtime_ns for p in sweep.glob("trials/*/summary.json")} == stamps
+    assert "Best on the holdout set" in again.stdout
+    # and a second machine joining the finished sweep finds nothing to do either
+    other = subprocess.run(_pg_sweep(tmp_path / "m2", real_data_dir, url, name, "l2=0,1e-3"),
+                           capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert other.returncode == 0, other.stdout + other.stderr
+    assert "2 done already" in other.stdout
+    assert len(optuna.load_study(study_name=name, storage=url).get_trials()) == 2
+    assert not any((tmp_path / "m2" / "sweep" / "trials").iterdir())
