@@ -124,6 +124,23 @@ def write_fake_cifar(
     return md5, train_x, train_y, test_x, test_y
 
 
+def synthetic_cifar(n_train: int = 64, n_val: int = 32, seed: int = 0):
+    """Random uint8 images and labels as a loaded ``CIFAR10`` (no files): for loop tests."""
+    import torch
+
+    from reglab.data import CIFAR10
+
+    g = torch.Generator().manual_seed(seed)
+    return CIFAR10(
+        train_images=torch.randint(0, 256, (n_train, 3, 32, 32), dtype=torch.uint8, generator=g),
+        train_labels=torch.randint(0, 10, (n_train,), generator=g),
+        val_images=torch.randint(0, 256, (n_val, 3, 32, 32), dtype=torch.uint8, generator=g),
+        val_labels=torch.randint(0, 10, (n_val,), generator=g),
+        val_split="holdout",
+        source=None,  # type: ignore[arg-type]
+    )
+
+
 @pytest.fixture
 def fake_cifar(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[..., FakeCifar]:
     """Factory: ``fake_cifar(layout="bin", sub=None, **write_fake_cifar kwargs)`` writes tiny

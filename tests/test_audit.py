@@ -9,11 +9,11 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import synthetic_cifar
 from test_regularization import TinyNet, batches, one_thread  # noqa: F401 (fixture)
 
 from reglab.cli import main
 from reglab.config import TrainConfig
-from reglab.data import CIFAR10
 from reglab.regularization import (
     CoupledWeightDecay,
     DecoupledWeightDecay,
@@ -183,16 +183,8 @@ def test_partial_wrong_and_leaking_regularizers_are_rejected():
 # ------------------------------------------------------------------------------- in the loop
 
 
-def synthetic(n_train=48, n_val=16) -> CIFAR10:
-    g = torch.Generator().manual_seed(0)
-    return CIFAR10(
-        train_images=torch.randint(0, 256, (n_train, 3, 32, 32), dtype=torch.uint8, generator=g),
-        train_labels=torch.randint(0, 10, (n_train,), generator=g),
-        val_images=torch.randint(0, 256, (n_val, 3, 32, 32), dtype=torch.uint8, generator=g),
-        val_labels=torch.randint(0, 10, (n_val,), generator=g),
-        val_split="holdout",
-        source=None,  # type: ignore[arg-type]
-    )
+def synthetic():
+    return synthetic_cifar(n_train=48, n_val=16)
 
 
 def run_config(**kw) -> TrainConfig:

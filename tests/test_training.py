@@ -9,25 +9,13 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import synthetic_cifar
 
 from reglab.config import PRESETS, TrainConfig, build_config
-from reglab.data import CIFAR10
 from reglab.data.pipeline import BatchPipeline
 from reglab.models import create_model
 from reglab.regularization import default_scope
 from reglab.training import RunDir, lr_at, read_metrics, train
-
-
-def synthetic_data(n_train: int = 64, n_val: int = 32, seed: int = 0) -> CIFAR10:
-    g = torch.Generator().manual_seed(seed)
-    return CIFAR10(
-        train_images=torch.randint(0, 256, (n_train, 3, 32, 32), dtype=torch.uint8, generator=g),
-        train_labels=torch.randint(0, 10, (n_train,), generator=g),
-        val_images=torch.randint(0, 256, (n_val, 3, 32, 32), dtype=torch.uint8, generator=g),
-        val_labels=torch.randint(0, 10, (n_val,), generator=g),
-        val_split="holdout",
-        source=None,  # type: ignore[arg-type]
-    )
 
 
 def tiny_config(**kw) -> TrainConfig:
@@ -45,7 +33,7 @@ def tiny_config(**kw) -> TrainConfig:
 def test_one_sgd_step_with_l2_matches_hand_formula(lam):
     """w' = w − η(g + 2λw): g is the data-loss gradient, computed here independently."""
     cfg = tiny_config(l2=lam)
-    data = synthetic_data()
+    data = synthetic_cifar()
     torch.manual_seed(cfg.seed)
     reference = create_model(cfg.model)  # the loop builds its model right after the same seed
     w0 = copy.deepcopy(reference.state_dict())
@@ -69,7 +57,7 @@ def _sq_norm(model) -> float:
 
 
 def test_l2_shrinks_the_weights():
-    data = synthetic_data(n_train=128)
+    data = synthetic_cifar(n_train=128)
     runs = {
         lam: train(tiny_config(l2=lam, lr=0.02, steps=20, momentum=0.9), data=data, quiet=True)
         for lam in (0.0, 0.5)
@@ -78,7 +66,7 @@ def test_l2_shrinks_the_weights():
 
 
 def test_same_seed_same_metrics(tmp_path):
-    data = synthetic_data(n_train=96)
+    data = synthetic_cifar(n_train=96)
     rows = []
     for i in range(2):
         run = RunDir(tmp_path / f"run{i}")
@@ -93,7 +81,7 @@ def test_same_seed_same_metrics(tmp_path):
 
 
 def test_run_directory_contents_and_no_overwrite(tmp_path):
-    data = synthetic_data()
+    data = synthetic_cifar()
     run = RunDir(tmp_path / "r")
     summary = train(tiny_config(steps=2, l2=1e-3), run, data, quiet=True)
     names = {p.name for p in run.path.iterdir()}
@@ -109,7 +97,7 @@ def test_run_directory_contents_and_no_overwrite(tmp_path):
 
 
 def test_penalty_is_logged_and_equals_formula(tmp_path):
-    data = synthetic_data()
+    data = synthetic_cifar()
     run = RunDir(tmp_path / "r")
     lam = 1e-3
     model = train(tiny_config(steps=1, l2=lam, lr=0.0), run, data, quiet=True)["model_object"]
