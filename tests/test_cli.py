@@ -72,3 +72,11 @@ def test_models_lists_the_registry(capsys):
     code, out, _ = run_main(capsys, ["models"])
     assert code == 0
     assert "tutorial-resnet" in out and "resnet18" in out and "airbench" in out
+
+
+def test_a_run_stopped_before_training_leaves_no_directory(capsys, tmp_path, real_data_dir):
+    argv = ["train", "--data-dir", str(real_data_dir), "--holdout", "10000", "--train-limit",
+            "256", "--runs-dir", str(tmp_path), "--reg", "l2=1e-4@name:nothing.*"]  # fmt: skip
+    code, _, err = run_main(capsys, argv)
+    assert code == 2 and "matches no trainable parameter" in err
+    assert not any(tmp_path.iterdir())

@@ -150,7 +150,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     check_data_dir(cfg.data_dir)
     name = cfg.name or RunDir.default_name(cfg.preset or cfg.model)
     run_dir = RunDir(Path(cfg.runs_dir) / name, overwrite=cfg.overwrite)
-    train(cfg, run_dir)
+    try:
+        train(cfg, run_dir)
+    except BaseException:
+        run_dir.discard_if_unused()  # no empty run directories left by a bad setting
+        raise
     return 0
 
 

@@ -15,6 +15,7 @@ A directory that already holds files is never written into unless ``overwrite`` 
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -37,11 +38,22 @@ class RunDir:
                 f"run directory {self.path} already exists and is not empty; choose another "
                 "--name or pass --overwrite to replace its results"
             )
+        self.created = not self.path.exists()
         self.path.mkdir(parents=True, exist_ok=True)
         self.metrics_path = self.path / "metrics.jsonl"
         self.metrics_path.write_text("")  # a fresh log (overwrite was asked for, or it is new)
         self.weights_path = self.path / "weights.jsonl"
         self.weights_path.unlink(missing_ok=True)
+
+    def discard_if_unused(self) -> bool:
+        """Remove the directory if this run created it and it holds no result yet (a run that
+        stopped before its first log line or audit report); True if it was removed."""
+        if not self.created or self.metrics_path.stat().st_size > 0:
+            return False
+        if (self.path / "audit.txt").exists():  # a failed audit's report is worth keeping
+            return False
+        shutil.rmtree(self.path)
+        return True
 
     @staticmethod
     def default_name(label: str) -> str:
