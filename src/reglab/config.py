@@ -74,7 +74,6 @@ class TrainConfig:
     overwrite: bool = False  # allow writing into an existing, non-empty run directory
     preset: str | None = None
     verbose: bool = False  # print the model's layer shapes on the first forward pass
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> TrainConfig:
         from reglab.models import MODELS, check_image_size
