@@ -167,7 +167,6 @@ def train(
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
-    say = Printer(0, enabled=False) if quiet else None
 
     # data: uint8 on the device, batches made by the pipeline
     if data is None:
@@ -193,8 +192,7 @@ def train(
         cfg.optimizer, [p for p in model.parameters() if p.requires_grad], cfg.lr, cfg.momentum
     )
 
-    if say is None:
-        say = Printer(steps)
+    say = Printer(steps, enabled=not quiet)
     n_params = sum(p.numel() for p in model.parameters())
     say(
         f"reglab: {cfg.model} ({n_params:,} parameters) on {device}, {len(data.train_images):,} "
