@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import math
 import tarfile
 import urllib.error
 import urllib.request
@@ -344,3 +345,17 @@ def test_real_no_test_set_is_an_error(real_data_dir):
     if (real_data_dir / "test_batch.bin").is_file():
         pytest.skip("this copy has the official test_batch.bin")
     assert "--holdout" in _error(data_dir=real_data_dir, download=False)
+
+
+def test_per_image_standardize_matches_tf_formula() -> None:
+    """tf.image.per_image_standardization: (x - mean) / max(std, 1/sqrt(N)), per image."""
+    from reglab.data.pipeline import per_image_standardize
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(3, 3, 8, 8, generator=g, dtype=torch.float64) * 255
+    x[2] = 7.0  # a flat image: std 0, so the floor 1/sqrt(192) applies
+    out = per_image_standardize(x)
+    for i in range(3):
+        v = x[i].flatten().numpy()
+        expected = (v - v.mean()) / max(v.std(), 1 / math.sqrt(v.size))  # numpy: population std
+        torch.testing.assert_close(out[i].flatten(), torch.from_numpy(expected))

@@ -6,6 +6,8 @@ gradients.
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -123,9 +125,9 @@ def test_identity_shortcut_subsamples() -> None:
     assert unit.shortcut is None
     x = torch.randn(1, 16, 6, 6)
     with torch.no_grad():
-        # Zero the last BN so the residual branch vanishes: output = relu(x[:, :, ::2, ::2]).
-        unit.bn3.weight.zero_()
-        unit.bn3.bias.zero_()
+        # Zero the last conv (its BN, in eval mode at running mean 0 / var 1 and β = 0, then
+        # outputs 0) so the residual branch vanishes: output = relu(x[:, :, ::2, ::2]).
+        unit.conv3.weight.zero_()
         out = unit(x)
     assert out.shape == (1, 16, 3, 3)
     torch.testing.assert_close(out, F.relu(x[:, :, ::2, ::2]))
@@ -174,3 +176,21 @@ def test_create_model_registry() -> None:
         assert name in str(info.value)
     assert isinstance(models.create_model("tutorial-resnet", verbose=False), TutorialResNet)
     assert n_params(models.create_model("resnet18")) == 11_173_962
+
+
+def test_tutorial_resnet_has_tf_slim_defaults() -> None:
+    """slim.batch_norm(scale=False, epsilon=0.001, decay=0.999), Glorot-uniform weights."""
+    from reglab.models.tutorial_resnet import SlimBatchNorm2d
+
+    model = TutorialResNet()
+    norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert norms and all(isinstance(m, SlimBatchNorm2d) for m in norms)
+    assert all(m.weight is None and m.bias is not None for m in norms)  # β, no γ
+    assert all(m.eps == 1e-3 and m.momentum == 1e-3 for m in norms)
+    for m in model.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            fan_in = m.weight[0].numel()
+            fan_out = m.weight.shape[0] * m.weight[0, 0].numel()
+            bound = math.sqrt(6.0 / (fan_in + fan_out))  # Glorot & Bengio's uniform limit
+            assert m.weight.abs().max() <= bound
+            assert m.weight.abs().max() > 0.9 * bound

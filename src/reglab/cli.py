@@ -66,6 +66,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                    help="validate on the last N training images instead of the test set (0)")
     g.add_argument("--train-limit", type=int, help="train on the first N images only")
     g.add_argument("--augment", choices=AUGMENTATIONS, help="augmentation preset (none)")
+    g.add_argument("--normalization", choices=("dataset", "per-image"),
+                   help="dataset channel mean/std, or per-image standardization as the tutorial")
     g = p.add_argument_group("optimisation")
     g.add_argument("--batch-size", type=int, help="images per step (64)")
     g.add_argument("--steps", type=int, help="optimizer updates (20000)")

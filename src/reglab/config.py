@@ -39,6 +39,8 @@ class TrainConfig:
     data_dir: str | None = None  # else $REGLAB_DATA, else ~/.cache/reglab
     holdout: int = 0  # validate on the last N training images (0: the official test set)
     train_limit: int | None = None  # use only the first N training images (quick checks)
+    normalization: str = "dataset"  # dataset (CIFAR-10 channel mean/std) | per-image
+    # (tf.image.per_image_standardization after resizing: the tutorial's)
     augment: str = "none"  # none | flip | flip-crop (pad 4 + random 32 crop) | flip-translate
     # | cutout (flip-crop + a 16-px square at 32 px set to the mean) | tutorial (see pipeline.py)
     # optimisation
@@ -117,6 +119,8 @@ class TrainConfig:
             bad(f"unknown optimizer {self.optimizer!r}; choose one of: {', '.join(OPTIMIZERS)}")
         if self.schedule not in SCHEDULES:
             bad(f"unknown schedule {self.schedule!r}; choose one of: {', '.join(SCHEDULES)}")
+        if self.normalization not in ("dataset", "per-image"):
+            bad(f"unknown normalization {self.normalization!r}; choose dataset or per-image")
         if self.augment not in AUGMENTATIONS:
             bad(f"unknown augmentation {self.augment!r}; choose one of: {', '.join(AUGMENTATIONS)}")
         if self.train_limit is not None and self.train_limit < self.batch_size:
@@ -132,7 +136,8 @@ class TrainConfig:
 PRESETS: dict[str, dict[str, Any]] = {
     # The tutorial's run: its ResNet at 96 px, batch 64, momentum SGD 0.01 / 0.9, L2 1e-4 over conv
     # and linear weights, 20,000 steps, train log every 1,000 and validation every 4,000 steps.
-    "tutorial": {},
+    # Input: per-image standardization, as the tutorial's cifar10_input did.
+    "tutorial": {"normalization": "per-image"},
     # A 2-core CPU recipe (airbench-style net, whitened input, label smoothing, flip + translate,
     # Nesterov SGD with warm-up then linear decay) reaching 80% holdout accuracy in minutes.
     "quick": {

@@ -22,6 +22,21 @@ def normalize(images: torch.Tensor) -> torch.Tensor:
     return (images.float() - mean) / std
 
 
+NORMALIZATIONS = ("dataset", "per-image")
+
+
+def per_image_standardize(pixels: torch.Tensor) -> torch.Tensor:
+    """``tf.image.per_image_standardization`` of each image of a float (N, C, H, W) batch.
+
+    (x - mean) / max(std, 1 / sqrt(C·H·W)), mean and population std over all of one image's values
+    (channels together): the tutorial's input normalisation.
+    """
+    n = pixels[0].numel()
+    mean = pixels.mean(dim=(1, 2, 3), keepdim=True)
+    std = pixels.std(dim=(1, 2, 3), keepdim=True, correction=0)
+    return (pixels - mean) / std.clamp_min(n**-0.5)
+
+
 def resize(x: torch.Tensor, size: int) -> torch.Tensor:
     if x.shape[-1] == size and x.shape[-2] == size:
         return x
@@ -159,6 +174,7 @@ class BatchPipeline:
         device: torch.device | str = "cpu",
         seed: int = 0,
         channels_last: bool = False,
+        normalization: str = "dataset",
     ):
         self.device = torch.device(device)
         self.images = images.to(self.device)
@@ -167,6 +183,7 @@ class BatchPipeline:
         self.image_size = image_size
         self.augment = augment
         self.channels_last = channels_last
+        self.normalization = normalization
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
         self.steps_per_epoch = len(self.images) // batch_size
 
@@ -174,6 +191,10 @@ class BatchPipeline:
         x = normalize(images)
         x = augment_batch(x, augment, self.generator, self.image_size)
         x = resize(x, self.image_size)
+        if self.normalization == "per-image":  # back to pixels (0-255), then per image
+            mean = torch.tensor(MEAN, device=x.device).view(1, 3, 1, 1) * 255
+            std = torch.tensor(STD, device=x.device).view(1, 3, 1, 1) * 255
+            x = per_image_standardize(x * std + mean)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return x

@@ -17,9 +17,13 @@ layer. As in TF, a strided 3x3/5x5 window on an even input is then centred on pi
 subsampled identity ``x[:, :, ::s, ::s]`` take pixels 0, 2, 4, ...; symmetric PyTorch padding
 would centre both on the even pixels and so not reproduce the tutorial.
 
-Convs carry no bias (each is followed by BN); the linear layer has one. Init: Kaiming normal
-(fan_out, ReLU) for convs, BN weight 1 / bias 0, linear weight normal(0, 0.01) / bias 0 (so the
-initial logits are near zero and the initial loss is about ln(num_classes)).
+Batch norm and init are tf-slim's defaults, which the tutorial's layers inherited (its arg_scope
+set only the activation, the normalizer and the regularizer):
+
+* ``slim.batch_norm(decay=0.999, center=True, scale=False, epsilon=0.001)``: a shift β but no
+  scale γ (:class:`SlimBatchNorm2d`), eps 1e-3, running statistics with PyTorch momentum 0.001;
+* ``slim.conv2d`` / ``slim.fully_connected``: weights ``xavier_initializer()`` (Glorot uniform),
+  biases zeros. Convs carry no bias (each is followed by batch norm); the linear layer has one.
 """
 
 from __future__ import annotations
@@ -71,6 +75,18 @@ class TFSamePad(nn.Module):
         return f"kernel_size={self.kernel_size}, stride={self.stride}, value={self.value}"
 
 
+class SlimBatchNorm2d(nn.BatchNorm2d):
+    """tf-slim's default ``batch_norm``: centre (β) but no scale (γ), eps 1e-3, decay 0.999.
+
+    TF's ``decay`` weighs the old running statistic, PyTorch's ``momentum`` the new batch's:
+    decay 0.999 is momentum 0.001.
+    """
+
+    def __init__(self, num_features: int):
+        super().__init__(num_features, eps=1e-3, momentum=1e-3)
+        self.register_parameter("weight", None)  # scale=False: F.batch_norm takes weight=None
+
+
 class Bottleneck(nn.Module):
     """One bottleneck unit: 1x1 -> BN -> ReLU, 3x3 (stride) -> BN -> ReLU, 1x1 -> BN, + shortcut.
 
@@ -90,19 +106,19 @@ class Bottleneck(nn.Module):
         super().__init__()
         self.stride = stride
         self.conv1 = nn.Conv2d(in_channels, inner_channels, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(inner_channels)
+        self.bn1 = SlimBatchNorm2d(inner_channels)
         self.pad2 = TFSamePad(3, stride)
         self.conv2 = nn.Conv2d(inner_channels, inner_channels, 3, stride=stride, bias=False)
-        self.bn2 = nn.BatchNorm2d(inner_channels)
+        self.bn2 = SlimBatchNorm2d(inner_channels)
         self.conv3 = nn.Conv2d(inner_channels, out_channels, 1, bias=False)
-        self.bn3 = nn.BatchNorm2d(out_channels)
+        self.bn3 = SlimBatchNorm2d(out_channels)
         self.shortcut: nn.Sequential | None = None
         if in_channels != out_channels:
             # A 1x1 window never needs SAME padding (pad = max((ceil(n/s)-1)*s + 1 - n, 0) = 0).
             self.shortcut = nn.Sequential(
                 OrderedDict(
                     conv=nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False),
-                    bn=nn.BatchNorm2d(out_channels),
+                    bn=SlimBatchNorm2d(out_channels),
                 )
             )
         # after the 3x3 conv, before the expanding 1x1; whole channels (Dropout2d)
@@ -156,7 +172,7 @@ class TutorialResNet(nn.Module):
             OrderedDict(
                 pad=TFSamePad(5, 2),
                 conv=nn.Conv2d(3, 32, 5, stride=2, bias=False),
-                bn=nn.BatchNorm2d(32),
+                bn=SlimBatchNorm2d(32),
                 relu=nn.ReLU(inplace=True),
             )
         )
@@ -172,14 +188,14 @@ class TutorialResNet(nn.Module):
         self._init_weights()
 
     def _init_weights(self) -> None:
+        """tf-slim's defaults: Glorot uniform weights, zero biases and β."""
         for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                nn.init.xavier_uniform_(m.weight)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
             elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
-        nn.init.normal_(self.fc.weight, 0.0, 0.01)
-        nn.init.zeros_(self.fc.bias)
 
     def forward_with_shapes(
         self, x: torch.Tensor
