@@ -124,7 +124,9 @@ def test_tutorial_preset_is_the_tutorials_run():
     cfg = build_config("tutorial")
     assert (cfg.model, cfg.image_size, cfg.batch_size, cfg.optimizer) == (
         "tutorial-resnet", 96, 64, "sgd")  # fmt: skip
-    assert (cfg.lr, cfg.momentum, cfg.l2, cfg.steps, cfg.epochs) == (0.01, 0.9, 1e-4, 20000, None)
+    assert (cfg.lr, cfg.momentum, cfg.steps, cfg.epochs) == (0.01, 0.9, 20000, None)
+    # L2 as the tutorial's code wrote it: tf-slim's l2_regularizer(1e-4), gradient λw
+    assert (cfg.l2, cfg.regularizers, cfg.normalization) == (0.0, ["l2-half=1e-4"], "per-image")
     assert (cfg.log_every, cfg.val_every, cfg.augment, cfg.schedule) == (
         1000, 4000, "none", "constant")  # fmt: skip
     # flags override a preset one by one

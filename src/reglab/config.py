@@ -56,7 +56,7 @@ class TrainConfig:
     lr_gamma: float = 0.1  # step schedule: lr multiplier at each milestone
     label_smoothing: float = 0.0  # ε of cross entropy's label smoothing
     # regularization
-    l2: float = 1e-4  # λ of the penalty λ Σ‖w‖² over the default scope (conv and linear weights)
+    l2: float = 0.0  # λ of the penalty λ Σ‖w‖² over the default scope (conv and linear weights)
     regularizers: list[str] = field(default_factory=list)  # rules METHOD=COEF[@SCOPE], after l2
     audit: bool = True  # check on the first step that each regularizer acts as its formula says
     # logging and evaluation
@@ -137,7 +137,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     # The tutorial's run: its ResNet at 96 px, batch 64, momentum SGD 0.01 / 0.9, L2 1e-4 over conv
     # and linear weights, 20,000 steps, train log every 1,000 and validation every 4,000 steps.
     # Input: per-image standardization, as the tutorial's cifar10_input did.
-    "tutorial": {"normalization": "per-image"},
+    # L2 as its code defined it: tf-slim's l2_regularizer(1e-4) = 1e-4 · Σ‖w‖²/2, gradient λw.
+    "tutorial": {"normalization": "per-image", "regularizers": ["l2-half=1e-4"]},
     # A 2-core CPU recipe (airbench-style net, whitened input, label smoothing, flip + translate,
     # Nesterov SGD with warm-up then linear decay) reaching 80% holdout accuracy in minutes.
     "quick": {

@@ -85,6 +85,22 @@ class L2Penalty(Regularizer):
         return 2 * self.coef * w
 
 
+class HalfL2Penalty(Regularizer):
+    """λ Σ‖w‖² / 2 added to the loss; its gradient is λw. TensorFlow's ``tf.nn.l2_loss`` (so
+    tf-slim's ``l2_regularizer(λ)``, the tutorial's code) and, under SGD, torch.optim's
+    ``weight_decay=λ``."""
+
+    name = "l2-half"
+
+    def penalty(self) -> torch.Tensor:
+        return 0.5 * self.coef * l2_penalty(self.tensors)
+
+    formula = "+λw"
+
+    def expected_change(self, w, lr):
+        return self.coef * w
+
+
 class L1Penalty(Regularizer):
     """λ Σ|w| added to the loss; subgradient λ·sign(w) (0 at w = 0): weights shrink, rarely to 0."""
 
@@ -200,6 +216,7 @@ class ProximalL1(Regularizer):
 # method name (as typed in --reg) -> class; decay-per-N is DecayPerStep with per_examples = N
 REGULARIZERS: dict[str, type[Regularizer]] = {
     "l2": L2Penalty,
+    "l2-half": HalfL2Penalty,
     "l1": L1Penalty,
     "wd": CoupledWeightDecay,
     "decoupled-wd": DecoupledWeightDecay,

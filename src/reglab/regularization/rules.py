@@ -23,6 +23,7 @@ from reglab.regularization.scope import DEFAULT_SCOPE, Scope, format_scope, pars
 # method -> convention of its coefficient (shown by --help, the table and the docs)
 METHODS: dict[str, str] = {
     "l2": "loss += λ Σ‖w‖² (gradient 2λw)",
+    "l2-half": "loss += λ Σ‖w‖²/2 (gradient λw; tf.nn.l2_loss, tf-slim's l2_regularizer)",
     "l1": "loss += λ Σ|w| (subgradient λ·sign(w))",
     "wd": "gradient += wd·w before the optimizer (torch.optim's weight_decay: × lr, via momentum"
     " or Adam's normalisation)",

@@ -173,7 +173,8 @@ def train(
         data = load_cifar10(cfg.data_dir, holdout=cfg.holdout, train_limit=cfg.train_limit)
     pipeline = BatchPipeline(
         data.train_images, data.train_labels, cfg.batch_size, cfg.image_size,
-        augment=cfg.augment, device=device, seed=cfg.seed, channels_last=cfg.channels_last, normalization=cfg.normalization,
+        augment=cfg.augment, device=device, seed=cfg.seed, channels_last=cfg.channels_last,
+        normalization=cfg.normalization,
     )  # fmt: skip
     steps = total_steps(cfg, len(data.train_images))
 
