@@ -236,8 +236,8 @@ def test_a_run_whose_regularizer_misses_stops(tmp_path, monkeypatch, capsys):
 
 def test_audit_command_without_data(capsys, tmp_path):
     argv = ["audit", "--model", "airbench", "--image-size", "32", "--threads", "1",
-            "--data-dir", str(tmp_path / "nothing-here"), "--l2", "1e-4", "--reg", "wd=5e-4@conv.weight",
-            "--reg", "decoupled-wd=1e-3@norm"]  # fmt: skip
+            "--data-dir", str(tmp_path / "nothing-here"), "--l2", "1e-4",
+            "--reg", "wd=5e-4@conv.weight", "--reg", "decoupled-wd=1e-3@norm"]  # fmt: skip
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "parameter group" in out and "wd=5e-4@conv.weight" in out
