@@ -22,9 +22,10 @@ from reglab.regularization import (
     build_regularization,
     default_scope,
 )
-from reglab.regularization.audit import AuditError, audit_regularization, check_regularization
+from reglab.regularization.audit import AuditError, audit_regularization
 from reglab.training import RunDir, read_metrics, train
-from reglab.training import loop as loop_module
+from reglab.training import builder as build_module
+from reglab.training.step import train_step
 
 ALL_METHODS = [
     "l2=1e-3", "l1=1e-4@conv", "wd=5e-3@linear.weight,norm.weight", "decoupled-wd=1e-2",
@@ -46,12 +47,20 @@ def setup(rules, optimizer="sgd"):
     return model, plan, opt, x.float(), y
 
 
+def check_regularization(model, plan, opt, x, y, lr, step_fn=train_step) -> str:
+    """The audit's report; AuditError (one line) if a regularizer fails."""
+    result = audit_regularization(model, plan, opt, x, y, lr, step_fn)
+    if not result.ok:
+        raise AuditError(result.error())
+    return result.report()
+
+
 @pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
 def test_every_method_passes_together(optimizer):
-    model, plan, opt, x, y = setup(ALL_METHODS, optimizer)
-    result = audit_regularization(model, plan, opt, x, y, lr=0.1)
+    model, plan, opt, x, y = setup([*ALL_METHODS, "l2-half=1e-3@name:fc.*"], optimizer)
+    result = audit_regularization(model, plan, opt, x, y, 0.1, train_step)
     assert result.ok, result.report()
-    assert len(result.findings) == len(ALL_METHODS)
+    assert len(result.findings) == len(ALL_METHODS) + 1
     assert all(f.checkable and f.max_rel_error < 1e-9 for f in result.findings), result.report()
     assert "ok" in check_regularization(model, plan, opt, x, y, lr=0.1)
 
@@ -60,7 +69,7 @@ def test_audit_changes_nothing_of_the_run():
     model, plan, opt, x, y = setup([*ALL_METHODS, "l2=1e-3@name:fc.*"])
     model.train()
     for _ in range(2):  # optimizer state and BN statistics that the audit must not touch
-        loop_module.train_step(model, x, y, plan, opt, 0.1)
+        train_step(model, x, y, plan, opt, 0.1)
     state = {k: v.clone() for k, v in model.state_dict().items()}
     opt_state = json.dumps(
         {str(k): {n: t.tolist() for n, t in s.items()} for k, s in opt.state.items()}
@@ -79,22 +88,27 @@ def test_audit_changes_nothing_of_the_run():
 
 
 class CollectedNotAdded(L2Penalty):
-    """The tutorial: the L2 term is computed (collected by arg_scope) but never reaches the loss."""
+    """The tutorial: the L2 term is computed (collected by arg_scope) but never reaches the
+    gradients."""
 
-    def penalty(self):
-        collected = super().penalty()  # noqa: F841 (computed, then dropped: the bug)
-        return None
+    def before_step(self, lr):
+        collected = self.penalty()  # noqa: F841 (computed, then dropped: the bug)
 
 
 class PlanDroppingPenalty(Regularization):
-    def penalty(self):
-        super().penalty()
-        return None
+    """A plan that computes the penalty for the logs and applies only the other methods."""
+
+    def before_step(self, lr):
+        self.penalty()
+        for r in self.applied:
+            if not r.is_penalty:
+                r.before_step(lr)
 
 
 def step_minimising_data_loss_only(forward, x, y, reg, optimizer, lr, label_smoothing=0.0,
                                    autocast=None, probe=None):  # fmt: skip
-    """The tutorial's training step: the penalty is computed, the data loss is minimised."""
+    """The tutorial's training step: the penalty is computed, the data loss alone is minimised
+    (the plan never acts on the gradients)."""
     for g in optimizer.param_groups:
         g["lr"] = lr
     data_loss = F.cross_entropy(forward(x), y)
@@ -102,7 +116,6 @@ def step_minimising_data_loss_only(forward, x, y, reg, optimizer, lr, label_smoo
     _total = data_loss if penalty is None else data_loss + penalty  # computed, not minimised
     optimizer.zero_grad()
     data_loss.backward()
-    reg.before_step(lr)
     probe("gradient")
     optimizer.step()
     probe("update")
@@ -112,7 +125,7 @@ def step_minimising_data_loss_only(forward, x, y, reg, optimizer, lr, label_smoo
 
 def one_line_error(model, plan, opt, x, y, step_fn=None) -> str:
     with pytest.raises(AuditError) as info:
-        check_regularization(model, plan, opt, x, y, lr=0.1, step_fn=step_fn)
+        check_regularization(model, plan, opt, x, y, lr=0.1, step_fn=step_fn or train_step)
     msg = str(info.value)
     assert "\n" not in msg
     return msg
@@ -144,7 +157,7 @@ def test_partial_wrong_and_leaking_regularizers_are_rejected():
     model, _, opt, x, y = setup([])
     scope = default_scope(model)
 
-    class HalfDecay(CoupledWeightDecay):  # wd/2: the wrong formula
+    class HalfDecay(CoupledWeightDecay):  # wd/2: the wrong formula (λΣ‖w‖² read as ½)
         def before_step(self, lr):
             for p in self.tensors:
                 p.grad.add_(p.detach(), alpha=self.coef / 2)
@@ -203,7 +216,7 @@ def test_run_with_audit_has_identical_metrics_and_records_diagnostics(tmp_path):
     rows = {}
     for audit in (True, False):
         run = RunDir(tmp_path / f"audit-{audit}")
-        train(run_config(audit=audit), run, data, quiet=True)
+        train(run_config(audit=audit), run_dir=run, data=data, quiet=True)
         rows[audit] = [{k: v for k, v in r.items() if k not in ("elapsed", "s_per_batch")}
                        for r in read_metrics(run.path)]  # fmt: skip
     assert rows[True] == rows[False]
@@ -225,13 +238,13 @@ def test_a_run_whose_regularizer_misses_stops(tmp_path, monkeypatch, capsys):
     def buggy(cfg, model):
         return Regularization([CollectedNotAdded(cfg.l2, default_scope(model), "l2=0.0005")])
 
-    monkeypatch.setattr(loop_module, "build_regularization", buggy)
+    monkeypatch.setattr(build_module, "build_regularization", buggy)
     run = RunDir(tmp_path / "stopped")
     with pytest.raises(AuditError, match=r"l2=0\.0005 does not change the gradient of 7 of its 7"):
-        train(run_config(regularizers=[]), run, synthetic(), quiet=True)
+        train(run_config(regularizers=[]), run_dir=run, data=synthetic(), quiet=True)
     assert "FAILED (7 missed, 0 outside scope)" in (run.path / "audit.txt").read_text()
-    assert read_metrics(run.path) == []  # stopped before the first update
-    train(run_config(regularizers=[], audit=False), None, synthetic(), quiet=True)  # unchecked
+    assert not run.metrics_path.exists()  # stopped before the first update
+    train(run_config(regularizers=[], audit=False), data=synthetic(), quiet=True)  # unchecked
 
 
 def test_audit_command_without_data(capsys, tmp_path):
@@ -248,3 +261,23 @@ def test_audit_command_without_data(capsys, tmp_path):
         err.startswith("reglab: error: rule 'wd=5e-4@name:nothing.*' matches no")
         and "\n" not in err
     )
+
+
+def test_the_tutorials_bug_reproduced_on_purpose_runs_as_lambda_zero(tmp_path):
+    """--no-penalty-in-loss: the penalty is computed and logged, the audit says it is off (and
+    checks that it is), and the run is the λ = 0 run step for step."""
+    data = synthetic()
+    cfg = run_config(regularizers=["l2-half=1e-2"], l2=0, tta=False)
+    off = train(cfg.replace(penalty_in_loss=False), run_dir=RunDir(tmp_path / "off"), data=data,
+                quiet=True)  # fmt: skip
+    zero = train(cfg.replace(regularizers=[]), data=data, quiet=True)
+    on = train(cfg, data=data, quiet=True)
+    report = (tmp_path / "off" / "audit.txt").read_text()
+    assert "NOT APPLIED, as asked (--no-penalty-in-loss" in report
+    assert "[NOT APPLIED: --no-penalty-in-loss]" in (tmp_path / "off" / "regularization.txt"
+                                                      ).read_text()  # fmt: skip
+    for (name, a), b in zip(off.model.state_dict().items(), zero.model.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert any(not torch.equal(a, c) for a, c in zip(off.model.state_dict().values(),
+                                                      on.model.state_dict().values()))
+    assert all(r["penalty"] > 0 for r in read_metrics(tmp_path / "off"))  # logged all the same

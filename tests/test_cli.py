@@ -25,14 +25,14 @@ def run_main(capsys, argv):
     [
         (["--model", "resnet-9000"], "unknown model 'resnet-9000'"),
         (["--l2", "-1e-4"], "--l2 must be >= 0"),
-        (["--batch-size", "0"], "--batch-size must be a positive integer"),
+        (["--batch-size", "0"], "--batch-size must be >= 1 (got 0)"),
         (["--data-dir", "/nonexistent/cifar"], "data dir /nonexistent/cifar does not exist"),
         (["--model", "tutorial-resnet", "--image-size", "16"], "needs --image-size >= 32"),
-        (["--preset", "fastest"], "invalid choice: 'fastest'"),
-        (["--steps", "ten"], "invalid int value: 'ten'"),
-        (["--optimizer", "lion"], "invalid choice: 'lion'"),
+        (["--preset", "fastest"], "--preset: unknown preset 'fastest'; choose one of: tutorial"),
+        (["--steps", "ten"], "--steps: 'ten' is not a number"),
+        (["--optimizer", "lion"], "--optimizer: unknown optimizer 'lion'; choose one of: sgd"),
         (["--config", "/nonexistent.yaml"], "config file /nonexistent.yaml not found"),
-        (["--lr-milestones", "a,b"], "comma-separated numbers"),
+        (["--lr-milestones", "a,b"], "--lr-milestones: 'a' is not a number"),
     ],
 )
 def test_bad_train_input_is_one_clear_line(capsys, tmp_path, argv, needle):
@@ -65,7 +65,7 @@ def test_console_script_reports_errors_without_traceback(tmp_path):
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert proc.returncode == 2
-    assert proc.stderr.strip() == "reglab: error: --l2 must be >= 0 (got -1.0)"
+    assert proc.stderr.strip() == "reglab: error: --l2 must be >= 0 (got -1)"
 
 
 def test_models_lists_the_registry(capsys):

@@ -4,6 +4,7 @@ their formulas, the same seed gives the same metrics, and a short real run learn
 from __future__ import annotations
 
 import copy
+import json
 import math
 
 import pytest
@@ -15,7 +16,7 @@ from reglab.config import PRESETS, TrainConfig, build_config
 from reglab.data.pipeline import BatchPipeline
 from reglab.models import create_model
 from reglab.regularization import default_scope
-from reglab.training import RunDir, lr_at, read_metrics, train
+from reglab.training import RunDir, RunDirError, lr_at, read_metrics, train
 
 
 def tiny_config(**kw) -> TrainConfig:
@@ -44,7 +45,7 @@ def test_one_sgd_step_with_l2_matches_hand_formula(lam):
     grads = {n: p.grad.clone() for n, p in reference.named_parameters()}
     decayed = {n for n, _ in default_scope(reference)}
 
-    model = train(cfg, data=data, quiet=True)["model_object"]
+    model = train(cfg, data=data, quiet=True).model
     for name, p in model.named_parameters():
         w, g = w0[name], grads[name]
         expected = w - cfg.lr * (g + 2 * lam * w) if name in decayed else w - cfg.lr * g
@@ -62,7 +63,7 @@ def test_l2_shrinks_the_weights():
         lam: train(tiny_config(l2=lam, lr=0.02, steps=20, momentum=0.9), data=data, quiet=True)
         for lam in (0.0, 0.5)
     }
-    assert _sq_norm(runs[0.5]["model_object"]) < 0.8 * _sq_norm(runs[0.0]["model_object"])
+    assert _sq_norm(runs[0.5].model) < 0.8 * _sq_norm(runs[0.0].model)
 
 
 def test_same_seed_same_metrics(tmp_path):
@@ -70,8 +71,8 @@ def test_same_seed_same_metrics(tmp_path):
     rows = []
     for i in range(2):
         run = RunDir(tmp_path / f"run{i}")
-        train(tiny_config(steps=6, log_every=3, val_every=3, momentum=0.9, l2=1e-3), run, data,
-              quiet=True)  # fmt: skip
+        train(tiny_config(steps=6, log_every=3, val_every=3, momentum=0.9, l2=1e-3), run_dir=run,
+              data=data, quiet=True)  # fmt: skip
         rows.append([{k: v for k, v in r.items() if k not in ("elapsed", "s_per_batch")}
                      for r in read_metrics(run.path)])  # fmt: skip
     assert rows[0] == rows[1]
@@ -83,26 +84,32 @@ def test_same_seed_same_metrics(tmp_path):
 def test_run_directory_contents_and_no_overwrite(tmp_path):
     data = synthetic_cifar()
     run = RunDir(tmp_path / "r")
-    summary = train(tiny_config(steps=2, l2=1e-3), run, data, quiet=True)
+    result = train(tiny_config(steps=2, l2=1e-3), run_dir=run, data=data, quiet=True)
     names = {p.name for p in run.path.iterdir()}
-    assert {"config.yaml", "metrics.jsonl", "summary.json", "checkpoint.pt"} <= names
-    ckpt = torch.load(run.path / "checkpoint.pt", weights_only=False)
+    assert {"config.yaml", "metrics.jsonl", "summary.json", "checkpoints"} <= names
+    ckpt = torch.load(run.path / "checkpoints" / "step-0000002.pt", weights_only=True)
     assert ckpt["step"] == 2 and ckpt["config"]["l2"] == 1e-3 and "optimizer" in ckpt
-    assert summary["val_split"] == "holdout" and 0 <= summary["final_val_acc"] <= 1
+    assert result.val_split == "holdout" and 0 <= result.final_val_acc <= 1
+    summary = json.loads((run.path / "summary.json").read_text())
+    assert summary["status"] == "complete" and summary["final_val_acc"] == result.final_val_acc
+    env = summary["environment"]
+    assert env["torch"] == torch.__version__ and env["threads"] >= 1 and env["precision"] == "fp32"
     before = (run.path / "metrics.jsonl").read_text()
-    with pytest.raises(ValueError, match="--overwrite"):
+    with pytest.raises(RunDirError, match="--overwrite"):
         RunDir(tmp_path / "r")
     assert (run.path / "metrics.jsonl").read_text() == before  # nothing touched
-    RunDir(tmp_path / "r", overwrite=True)  # allowed when asked
+    RunDir(tmp_path / "r", mode="overwrite")  # allowed when asked: the old results go first
+    assert not any((run.path / n).exists() for n in ("summary.json", "metrics.jsonl",
+                                                      "checkpoints", "config.yaml"))
 
 
 def test_penalty_is_logged_and_equals_formula(tmp_path):
     data = synthetic_cifar()
     run = RunDir(tmp_path / "r")
     lam = 1e-3
-    model = train(tiny_config(steps=1, l2=lam, lr=0.0), run, data, quiet=True)["model_object"]
+    model = train(tiny_config(steps=1, l2=lam, lr=1e-12), run_dir=run, data=data, quiet=True).model
     train_row = read_metrics(run.path)[0]
-    # lr 0: the weights did not move, so the logged penalty is λ Σ‖w‖² of the final weights
+    # lr ~0: the weights hardly moved, so the logged penalty is λ Σ‖w‖² of the final weights
     assert train_row["penalty"] == pytest.approx(lam * _sq_norm(model), rel=1e-5)
 
 
@@ -144,6 +151,6 @@ def test_short_real_run_beats_chance(real_data_dir):
                    "epochs": 4, "batch_size": 128, "warmup_steps": 20, "val_every": 10_000,
                    "log_every": 10_000},
     )  # fmt: skip
-    summary = train(cfg, quiet=True)
-    assert summary["val_split"] == "holdout" and summary["val_images"] == 2000
-    assert summary["final_val_acc"] > 0.40, summary
+    result = train(cfg, quiet=True)
+    assert result.val_split == "holdout" and result.val_images == 2000
+    assert result.final_val_acc > 0.40, result

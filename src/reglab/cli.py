@@ -1,7 +1,13 @@
-"""Command line: ``reglab train | audit | models | sweep | report`` (argparse; torchvision's flags).
+"""Command line: ``reglab train | audit | models | sweep | report``.
 
-Every error a user can cause ends in one line on stderr, ``reglab: error: <problem>; <fix>``, and
-exit status 2, never a traceback.
+The train flags are built from the settings schema (:mod:`reglab.config`): one flag per setting,
+with its unit, default and choices in ``--help``; values are parsed by the schema's
+:func:`~reglab.config.coerce`, the same path as config files and sweep values. This is the only
+module that uses argparse.
+
+Every error a user can cause ends in one line on stderr, ``reglab: error: <problem>; <fix>``,
+and exit status 2 (a run that stops itself, e.g. a failed audit or a diverged loss: status 1),
+never a traceback.
 """
 
 from __future__ import annotations
@@ -10,16 +16,18 @@ import argparse
 import re
 import sys
 from pathlib import Path
+from typing import Any
 
 from reglab.config import (
-    AUGMENTATIONS,
-    OPTIMIZERS,
-    PRESETS,
-    SCHEDULES,
+    GROUPS,
+    SETTINGS,
     ConfigError,
+    TrainConfig,
     build_config,
+    coerce,
     load_config_file,
 )
+from reglab.errors import ReglabError
 
 
 class Parser(argparse.ArgumentParser):
@@ -32,108 +40,55 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def _floats(text: str) -> tuple[float, ...]:
-    try:
-        return tuple(float(x) for x in text.split(","))
-    except ValueError:
-        msg = f"expected comma-separated numbers, got {text!r}"
-        raise argparse.ArgumentTypeError(msg) from None
+# --------------------------------------------------------------------------------------------
+# The schema's argparse builder.
 
 
-def add_train_arguments(p: argparse.ArgumentParser) -> None:
-    """Training flags. Every default is None so that presets and config files show through."""
-    from reglab.models import list_models
-    from reglab.regularization.rules import METHODS
-
-    g = p.add_argument_group("setup")
-    g.add_argument("--preset", choices=sorted(PRESETS),
-                   help="tutorial: the tutorial's run (the defaults); quick: a 2-core CPU "
-                        "recipe, over 80%% holdout accuracy in minutes; gpu: airbench94-width "
-                        "net, 10 epochs of batch 1024, about 93%% in seconds on one GPU")
-    g.add_argument("--config", metavar="FILE", help="YAML file of settings (flags override it)")
-    g = p.add_argument_group("model")
-    g.add_argument("--model", help=f"one of: {', '.join(list_models())} (default tutorial-resnet)")
-    g.add_argument("--image-size", type=int, help="side in pixels after bilinear resize (96)")
-    g.add_argument("--dropout", type=float, help="dropout probability before the classifier (0)")
-    g.add_argument("--block-dropout", type=float, metavar="P",
-                   help="Dropout2d probability inside each residual block / conv group (0)")
-    g.add_argument("--verbose", action=argparse.BooleanOptionalAction,
-                   help="print the network's shapes on the first batch")
-    g = p.add_argument_group("data")
-    g.add_argument("--data-dir", help="CIFAR-10 folder (else $REGLAB_DATA, else ~/.cache/reglab; "
-                                      "downloaded there if absent)")
-    g.add_argument("--holdout", type=int,
-                   help="validate on the last N training images instead of the test set (0)")
-    g.add_argument("--train-limit", type=int, help="train on the first N images only")
-    g.add_argument("--augment", choices=AUGMENTATIONS, help="augmentation preset (none)")
-    g.add_argument("--normalization", choices=("dataset", "per-image"),
-                   help="dataset channel mean/std, or per-image standardization as the tutorial")
-    g = p.add_argument_group("optimisation")
-    g.add_argument("--batch-size", type=int, help="images per step (64)")
-    g.add_argument("--steps", type=int, help="optimizer updates (20000)")
-    g.add_argument("--epochs", type=float, help="passes over the training set (overrides --steps)")
-    g.add_argument("--optimizer", choices=OPTIMIZERS, help="sgd (momentum), nesterov, adamw (sgd)")
-    g.add_argument("--lr", type=float, help="peak learning rate per step (0.01)")
-    g.add_argument("--momentum", type=float, help="SGD momentum, Adam's beta1 (0.9)")
-    g.add_argument("--schedule", choices=SCHEDULES, help="learning-rate schedule (constant)")
-    g.add_argument("--warmup-steps", type=int, help="linear warm-up steps (0)")
-    g.add_argument("--lr-milestones", type=_floats, metavar="F,F",
-                   help="step schedule: fractions of training where lr is multiplied by gamma")
-    g.add_argument("--lr-gamma", type=float, help="step schedule multiplier (0.1)")
-    g.add_argument("--label-smoothing", type=float, help="label smoothing epsilon (0)")
-    g = p.add_argument_group("regularization")
-    g.add_argument("--l2", type=float, metavar="LAMBDA",
-                   help="λ of loss + λ Σ‖w‖² over conv and linear weights; gradient gains 2λw "
-                        "(tutorial: 1e-4); shorthand for --reg l2=LAMBDA, applied first")
-    g.add_argument("--reg", dest="regularizers", action="append", type=_rule,
-                   metavar="METHOD=COEF[@SCOPE]",
-                   help="add a regularizer after --l2 (repeatable; replaces a config file's "
-                        "list; --l2 0 to use only these; see docs/regularization.md). "
-                        "Methods: " + "; ".join(f"{m}: {c}" for m, c in METHODS.items())
-                        + ". SCOPE: comma-separated selectors, default (conv and linear "
-                        "weights), KIND[.ROLE] with KIND conv|linear|norm|other|* and ROLE "
-                        "weight|bias|*, name:PATTERN (fnmatch), joined by + to intersect; "
-                        "frozen tensors never. A later rule of the same method wins where they "
-                        "overlap. E.g. --reg wd=5e-4@conv.weight,linear.weight --reg "
-                        "l1=1e-5@name:layer4.* --reg decay-per-1024=5e-4")
-    g.add_argument("--audit", action=argparse.BooleanOptionalAction,
-                   help="check on the first step that each regularizer changes the update as "
-                        "its formula says, and stop the run if not (on)")
-    g = p.add_argument_group("logging and evaluation")
-    g.add_argument("--log-every", type=int, help="steps between [train] lines (1000)")
-    g.add_argument("--val-every", type=int, help="steps between [val] lines (4000)")
-    g.add_argument("--eval-batch-size", type=int, help="validation batch size (1000)")
-    g.add_argument("--tta", action=argparse.BooleanOptionalAction,
-                   help="evaluate with flip test-time augmentation")
-    g = p.add_argument_group("system and output")
-    g.add_argument("--seed", type=int, help="random seed; same seed, same metrics on CPU (0)")
-    g.add_argument("--device", help="auto, cpu, cuda or cuda:N (auto)")
-    g.add_argument("--threads", type=int, help="CPU threads for torch")
-    g.add_argument("--channels-last", action=argparse.BooleanOptionalAction,
-                   help="NHWC memory layout (on)")
-    g.add_argument("--compile", action=argparse.BooleanOptionalAction, help="torch.compile")
-    g.add_argument("--runs-dir", help="parent folder of run directories (runs)")
-    g.add_argument("--name", help="run directory name (default <preset or model>-<time>)")
-    g.add_argument("--overwrite", action=argparse.BooleanOptionalAction,
-                   help="allow replacing the results in an existing run directory")
+def _help(s) -> str:
+    default = s.default
+    if isinstance(default, bool):
+        shown = "on" if default else "off"
+    elif isinstance(default, (list, tuple)):
+        shown = ",".join(map(str, default)) or "none"
+    else:
+        shown = default
+    unit = f"; {s.unit}" if s.unit else ""
+    bounds = f"; {s.bounds_text()}" if s.bounds_text() else ""
+    return f"{s.help} (default {shown}{unit}{bounds})".replace("%", "%%")
 
 
-def _rule(text: str) -> str:
-    from reglab.regularization.rules import RuleError, parse_rule
+def add_setting_arguments(p: argparse.ArgumentParser) -> None:
+    """One flag per setting, grouped as the schema groups them. Values stay text (coerced by the
+    schema later); an absent flag is absent from the namespace, so presets and config files
+    show through."""
+    g = p.add_argument_group("config")
+    g.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS,
+                   help="YAML file of settings; `preset: NAME` in it applies that preset "
+                        "(order: defaults < preset < file < flags)")  # fmt: skip
+    groups = {name: p.add_argument_group(name) for name in GROUPS}
+    for s in SETTINGS.values():
+        g = groups[s.group]
+        kwargs: dict[str, Any] = {"dest": s.name, "default": argparse.SUPPRESS, "help": _help(s)}
+        if s.base_type is bool:
+            g.add_argument(s.cli, action=argparse.BooleanOptionalAction, **kwargs)
+            continue
+        choices = s.choice_list()
+        metavar = s.metavar or ("{" + ",".join(choices) + "}" if choices else s.flag.upper())
+        if s.repeatable:
+            g.add_argument(s.cli, action="append", metavar=metavar, **kwargs)
+        else:
+            g.add_argument(s.cli, metavar=metavar, **kwargs)
 
-    try:
-        parse_rule(text)
-    except RuleError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-    return text
+
+def given_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The settings given as flags (raw values), by setting name."""
+    return {k: v for k, v in vars(args).items() if k in SETTINGS}
 
 
-def config_from_args(args: argparse.Namespace):
-    from reglab.config import FIELDS
-
-    overrides = {k: v for k, v in vars(args).items() if k in FIELDS and k != "preset"}
-    file_values = load_config_file(args.config) if args.config else None
-    return build_config(args.preset, file_values, overrides)
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    config = getattr(args, "config", None)
+    file_values = load_config_file(config) if config else None
+    return build_config(None, file_values, given_settings(args), file_name=str(config))
 
 
 def check_data_dir(data_dir: str | None) -> None:
@@ -145,23 +100,68 @@ def check_data_dir(data_dir: str | None) -> None:
         )
 
 
-def cmd_train(args: argparse.Namespace) -> int:
-    from reglab.training import RunDir, train
+def resume_config(run: Path, stored: dict[str, Any], flags: dict[str, Any]) -> TrainConfig:
+    """The stored run's settings with the flags given to ``--resume``: system settings may
+    change, ``--steps``/``--epochs`` may be raised, any other experiment setting that differs
+    is an error naming it."""
+    base = build_config(None, stored, None, file_name=f"{run}/config.yaml")
+    changes: dict[str, Any] = {}
+    for name, raw in flags.items():
+        s = SETTINGS[name]
+        value = coerce(s, raw, s.cli)
+        if value == getattr(base, name):
+            continue
+        if s.kind == "system" and name not in ("name", "runs_dir", "overwrite", "preset"):
+            changes[name] = value
+        elif name in ("steps", "epochs"):
+            changes[name] = value
+            if name == "steps":
+                changes["epochs"] = None
+        else:
+            raise ConfigError(
+                f"{s.cli} {raw} contradicts the run being resumed ({name}: {getattr(base, name)}"
+                f" in {run}/config.yaml): a resumed run keeps its settings; start a new run "
+                "(another --name) to change it"
+            )
+    return base.replace(**changes) if changes else base
 
-    cfg = config_from_args(args)
+
+# --------------------------------------------------------------------------------------------
+# Commands.
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from reglab.training import RunDir, distributed, train
+
+    resume = getattr(args, "resume", None)
+    if resume:
+        if getattr(args, "config", None):
+            raise ConfigError("--config and --resume: a resumed run's settings are its "
+                              "config.yaml; give flags only to change system settings")
+        path = Path(resume)
+        run_dir_check = RunDir(path, mode="resume", writer=False)
+        cfg = resume_config(path, run_dir_check.read_config(), given_settings(args))
+        mode = "resume"
+    else:
+        cfg = config_from_args(args)
+        path = Path(cfg.runs_dir) / (cfg.name or RunDir.default_name(cfg.preset or cfg.model))
+        mode = "overwrite" if cfg.overwrite else "new"
     check_data_dir(cfg.data_dir)
-    name = cfg.name or RunDir.default_name(cfg.preset or cfg.model)
-    run_dir = RunDir(Path(cfg.runs_dir) / name, overwrite=cfg.overwrite)
+    dist = distributed.from_environment(cfg.device)
+    run_dir = RunDir(path, mode=mode, writer=dist.is_main)
     try:
-        train(cfg, run_dir)
+        train(cfg, run_dir=run_dir, resume=bool(resume), dist=dist)
     except BaseException:
         run_dir.discard_if_unused()  # no empty run directories left by a bad setting
         raise
+    finally:
+        distributed.shutdown(dist)
     return 0
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
-    from reglab.regularization.audit import AuditError, audit_config
+    from reglab.regularization.audit import AuditError
+    from reglab.training import audit_run
 
     cfg = config_from_args(args)
     data = None
@@ -170,7 +170,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
         check_data_dir(cfg.data_dir)
         data = load_cifar10(cfg.data_dir, holdout=cfg.holdout, train_limit=cfg.batch_size)
-    table, result = audit_config(cfg, data)
+    table, result = audit_run(cfg, data)
     print(table)
     print(result.report())
     if not result.ok:
@@ -179,19 +179,110 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from reglab.models import MIN_IMAGE_SIZE, create_model, list_models
+    from reglab.models import MODELS, create_model
 
-    for name in list_models():
+    for name, entry in sorted(MODELS.items()):
         n = sum(p.numel() for p in create_model(name).parameters())
-        print(f"{name:16s} {n:>12,} parameters  (image size >= {MIN_IMAGE_SIZE[name]})")
+        print(f"{name:16s} {n:>12,} parameters  image size >= {entry.min_image_size:<4} "
+              f"{entry.description}")  # fmt: skip
     return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    try:
+        import optuna  # noqa: F401  (an optional dependency)
+    except ImportError:
+        raise ConfigError("reglab sweep needs optuna: pip install 'reglab[sweep]'") from None
+    from reglab.sweeps.runner import SweepRequest, run_sweep
+
+    request = SweepRequest(
+        sweep_dir=Path(args.dir), settings=given_settings(args),
+        config_file=getattr(args, "config", None), grid=args.grid or [], seeds=args.seeds,
+        trials=args.trials, search=args.search or [], prune=args.prune, storage=args.storage,
+        study_name=args.study_name, workers=args.workers, devices=args.devices,
+        heartbeat=args.heartbeat, final=args.final, command=" ".join(sys.argv[1:]),
+    )  # fmt: skip
+    return run_sweep(request)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    try:
+        import matplotlib  # noqa: F401  (an optional dependency)
+    except ImportError:
+        raise ConfigError("reglab report needs matplotlib: pip install 'reglab[sweep]'") from None
+    from reglab.reports.page import write_report
+
+    path = write_report(args.dirs, args.out, args.title)
+    print(f"reglab: report {path} (figures in {path.parent / 'figures'})")
+    return 0
+
+
+SWEEP_DESCRIPTION = """\
+Sweep train settings: a grid (--grid AXIS=V1,V2 ..., --seeds K) or an Optuna TPE search
+(--trials N, --search SETTING=LOW:HIGH). Every trial is an ordinary run directory under
+SWEEP/trials, selection is on the holdout only, and the study (SQLite in SWEEP, or a --storage
+URL shared by workers on several machines) makes the same command resume: finished trials are
+never repeated, a killed trial continues from its checkpoint. --final retrains the chosen
+setting with holdout 0 and evaluates it once on the test set."""
+
+SWEEP_EPILOG = """\
+axes: any experiment setting (a train flag without its dashes); values as typed after the flag,
+separated by ',' or, when a value holds commas, by '|'; a repeatable flag's values join its
+rules with '+':
+  --grid l2=0,1e-5,1e-4,1e-3 --seeds 3
+  --grid "reg=l2=1e-4|wd=5e-4|decoupled-wd=5e-4@conv.weight,linear.weight"
+  --grid "lr-milestones=0.5,0.75|0.3,0.6,0.9" --grid lr=0.1,0.2
+  --trials 30 --search l2=1e-6:1e-1 --search lr=0.05:0.5"""
+
+REPORT_DESCRIPTION = """\
+Write report.html (self-contained: figures embedded) and figures/*.png for one run, several
+runs, or sweeps: curves coloured by λ, accuracy and the train - validation gap against λ
+(mean ± std over seeds), weight norms, a table by validation accuracy, and the recommended
+setting with how sure it is. Folder kinds are detected: a run has metrics.jsonl, a sweep
+trials/; any other folder is searched one level down."""
+
+
+def add_sweep_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("sweep")
+    g.add_argument("--dir", required=True, metavar="SWEEP",
+                   help="sweep directory (trials, study.db, sweep.yaml); the same --dir resumes")
+    g.add_argument("--grid", action="append", metavar="AXIS=V1,V2",
+                   help="grid axis: a setting and its values, e.g. l2=0,1e-4,1e-3; repeat for "
+                        "a product of axes")  # fmt: skip
+    g.add_argument("--seeds", type=int, default=1, metavar="K",
+                   help="seeds per grid point: the config's seed and the K-1 after it (1)")
+    g.add_argument("--trials", type=int, metavar="N", help="a search of N trials (Optuna TPE)")
+    g.add_argument("--search", action="append", metavar="SETTING=LOW:HIGH[:log]",
+                   help="a search range (default l2=1e-6:1e-1:log); repeat for more settings")
+    g.add_argument("--prune", action=argparse.BooleanOptionalAction, default=True,
+                   help="stop hopeless search trials early (median rule on holdout acc) (on)")
+    g.add_argument("--storage", metavar="URL",
+                   help="SQLAlchemy URL of the study, e.g. postgresql://user@host/db, to share "
+                        "it between machines (default sqlite:///SWEEP/study.db)")  # fmt: skip
+    g.add_argument("--study-name", help="study name in the storage (default: SWEEP's name)")
+    g.add_argument("--workers", type=int, default=1,
+                   help="trials in parallel on this machine (processes) (1)")
+    g.add_argument("--devices", metavar="D1,D2",
+                   help="devices the workers take in turn, e.g. cuda:0,cuda:1 (default: every "
+                        "visible GPU, else the CPU with its cores split among the workers)")
+    g.add_argument("--heartbeat", type=int, metavar="S",
+                   help="seconds between a running trial's heartbeats; a trial silent for 4 of "
+                        "them is failed by Optuna and run again from its checkpoint (30)")
+    g.add_argument("--final", action="store_true",
+                   help="then retrain the chosen setting with holdout 0 and evaluate it once on "
+                        "the test set")  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="reglab", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
-    p = sub.add_parser("train", help="train a model", description="Train a CIFAR-10 classifier.")
-    add_train_arguments(p)
+    p = sub.add_parser("train", help="train a model",
+                       description="Train a CIFAR-10 classifier (torchrun: data-parallel).")
+    add_setting_arguments(p)
+    p.add_argument("--resume", metavar="RUN_DIR", default=argparse.SUPPRESS,
+                   help="continue a stopped run from its newest valid checkpoint, with its "
+                        "stored settings (--steps/--epochs may be raised; system settings such "
+                        "as --threads or --device may change)")  # fmt: skip
     p.set_defaults(func=cmd_train)
     p = sub.add_parser(
         "audit", help="check that each regularizer acts as its formula says",
@@ -199,27 +290,24 @@ def build_parser() -> argparse.ArgumentParser:
         "check on one step (random images unless --real-batch) that each regularizer changes "
         "the update of its parameters by exactly its formula and nothing else.",
     )  # fmt: skip
-    add_train_arguments(p)
+    add_setting_arguments(p)
     p.add_argument("--real-batch", action="store_true",
                    help="audit on the first CIFAR-10 training images instead of random ones")
     p.set_defaults(func=cmd_audit)
     p = sub.add_parser("models", help="list the models")
     p.set_defaults(func=cmd_models)
-    from reglab.reports.command import DESCRIPTION as REPORT_DESCRIPTION
-    from reglab.reports.command import add_report_arguments, cmd_report
-    from reglab.sweeps.command import DESCRIPTION as SWEEP_DESCRIPTION
-    from reglab.sweeps.command import EPILOG as SWEEP_EPILOG
-    from reglab.sweeps.command import add_sweep_arguments, cmd_sweep
-
-    p = sub.add_parser("sweep", help="grid or Optuna search over train settings (resumable)",
+    p = sub.add_parser("sweep", help="grid or Optuna search over settings (resumable)",
                        description=SWEEP_DESCRIPTION, epilog=SWEEP_EPILOG,
                        formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    add_train_arguments(p)
+    add_setting_arguments(p)
     add_sweep_arguments(p)
     p.set_defaults(func=cmd_sweep)
     p = sub.add_parser("report", help="HTML report and figures for runs and sweeps",
                        description=REPORT_DESCRIPTION)  # fmt: skip
-    add_report_arguments(p)
+    p.add_argument("dirs", nargs="+", metavar="DIR", help="run, sweep, or folder of them")
+    p.add_argument("--out", metavar="DIR",
+                   help="where report.html and figures/ go (default: the one DIR given)")
+    p.add_argument("--title", help="the page's title")
     p.set_defaults(func=cmd_report)
     return parser
 
@@ -232,9 +320,12 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return args.func(args)
-    except (ConfigError, DataError, RunDirError, FloatingPointError) as e:
+    except (ConfigError, DataError, RunDirError) as e:
         print(f"reglab: error: {e}", file=sys.stderr)
         return 2
+    except ReglabError as e:  # the run stopped itself: audit failed, loss diverged, disk full
+        print(f"reglab: error: {e}", file=sys.stderr)
+        return 1
     except ValueError as e:  # e.g. no CUDA device; bugs still show their traceback otherwise
         if "\n" in str(e) or not str(e):
             raise

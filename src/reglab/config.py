@@ -1,146 +1,439 @@
-"""Training configuration: one dataclass, presets, and the merge order defaults < preset < config
-file < command-line flags.
+"""Every setting of a run, declared once: name, type, default, unit, help, choices, bounds, and
+whether it is an *experiment* setting (it changes what is learned or measured) or a *system*
+setting (where and how the run executes: device, threads, paths, logging).
 
-Units and conventions (also in ``reglab train --help``):
-- ``lr`` is the learning rate per step (not scaled by batch size); ``batch_size`` in images.
-- ``l2`` is λ in ``loss + λ Σ‖w‖²`` (the tutorial's and Keras' convention: gradient 2λw).
-- ``regularizers`` are rules ``METHOD=COEF[@SCOPE]`` (``--reg``), applied after ``l2``; methods,
-  conventions and scopes in ``reglab.regularization`` and docs/regularization.md.
-- ``steps`` counts optimizer updates; ``epochs``, when set, is converted to steps
-  (floor(train images / batch size) steps per epoch, the last partial batch dropped).
+The declaration is the dataclass :class:`TrainConfig`; each field's :func:`setting` metadata
+carries the rest. Everything else is derived from it:
+
+* the command line (``reglab.cli`` builds its flags from :data:`SETTINGS`),
+* config files and presets (:func:`build_config`: defaults < preset < config file < flags),
+* validation and coercion (:func:`coerce`: one path for flags, YAML values and sweep axes),
+* sweep axes (experiment settings only), a resumed run's consistency check (system settings may
+  change, experiment settings may not), the report's "what differs between runs", and the
+  docs' table of settings (:func:`settings_markdown`, in docs/settings.md).
+
+Units and conventions: ``lr`` is the learning rate per step (not scaled by batch size);
+``batch_size`` is in images; ``steps`` counts optimizer updates and ``epochs``, when set, is
+converted to steps (floor(train images / batch size) steps per epoch). ``l2`` is λ of
+``loss + λ Σ‖w‖²`` (gradient 2λw); the other regularizers are rules ``METHOD=COEF[@SCOPE]``
+(``--reg``), each with its convention in ``reglab.regularization`` and docs/regularization.md.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
+import typing
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from reglab.errors import ConfigError
+
+__all__ = [
+    "PRESETS",
+    "SETTINGS",
+    "ConfigError",
+    "Setting",
+    "TrainConfig",
+    "build_config",
+    "coerce",
+    "load_config_file",
+    "settings_markdown",
+]
+
+GROUPS = ("model", "data", "optimisation", "regularization", "evaluation", "system", "output")
 OPTIMIZERS = ("sgd", "nesterov", "adamw")
 SCHEDULES = ("constant", "step", "cosine", "linear")
 AUGMENTATIONS = ("none", "flip", "flip-crop", "flip-translate", "cutout", "tutorial")
+NORMALIZATIONS = ("dataset", "per-image")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+NONFINITE = ("stop", "skip-step")
 
 
-class ConfigError(ValueError):
-    """A bad setting; the message is one line naming the flag and the fix."""
+def _model_names() -> list[str]:
+    from reglab.models import list_models
+
+    return list_models()
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One setting, as declared by its field's metadata (see :func:`setting`)."""
+
+    name: str  # the field name, e.g. "batch_size"
+    type: Any  # the annotation: int, float, str, bool, "int | None", list[str], tuple[float, ...]
+    default: Any
+    help: str
+    group: str
+    unit: str = ""
+    kind: str = "experiment"  # experiment | system
+    choices: tuple[str, ...] | Callable[[], Sequence[str]] | None = None
+    low: float | None = None  # bounds, inclusive unless low_open / high_open
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    flag: str = ""  # the command-line flag without dashes (default: the name with dashes)
+    metavar: str | None = None
+
+    @property
+    def cli(self) -> str:
+        return "--" + self.flag
+
+    @property
+    def base_type(self) -> Any:
+        """The type without ``| None``."""
+        args = [a for a in typing.get_args(self.type) if a is not type(None)]
+        return args[0] if typing.get_origin(self.type) in (typing.Union, _UnionType) else self.type
+
+    @property
+    def nullable(self) -> bool:
+        return type(None) in typing.get_args(self.type)
+
+    @property
+    def repeatable(self) -> bool:
+        return typing.get_origin(self.base_type) is list
+
+    def choice_list(self) -> list[str] | None:
+        if self.choices is None:
+            return None
+        return list(self.choices() if callable(self.choices) else self.choices)
+
+    def bounds_text(self) -> str:
+        """'>= 0', '> 0', 'in [0, 1)' or ''."""
+        lo, hi = self.low, self.high
+        if lo is not None and hi is not None:
+            left, right = "(" if self.low_open else "[", ")" if self.high_open else "]"
+            return f"in {left}{lo:g}, {hi:g}{right}"
+        if lo is not None:
+            return f"{'>' if self.low_open else '>='} {lo:g}"
+        if hi is not None:
+            return f"{'<' if self.high_open else '<='} {hi:g}"
+        return ""
+
+
+_UnionType = type(int | None)
+
+
+def setting(
+    default: Any,
+    help: str,
+    *,
+    group: str,
+    unit: str = "",
+    kind: str = "experiment",
+    choices: tuple[str, ...] | Callable[[], Sequence[str]] | None = None,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = False,
+    flag: str = "",
+    metavar: str | None = None,
+) -> Any:
+    """A dataclass field carrying its setting's declaration."""
+    assert group in GROUPS and kind in ("experiment", "system"), (group, kind)
+    meta = dict(help=help, group=group, unit=unit, kind=kind, choices=choices, low=low, high=high,
+                low_open=low_open, high_open=high_open, flag=flag, metavar=metavar)  # fmt: skip
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
+    return field(default=default, metadata=meta)
 
 
 @dataclass
 class TrainConfig:
+    """A run's settings. The defaults are the tutorial's schedule (its network at 96 px, batch 64,
+    momentum SGD 0.01 / 0.9, 20,000 steps) without regularization; ``--preset tutorial`` adds its
+    L2 and input standardization."""
+
     # model
-    model: str = "tutorial-resnet"
-    image_size: int = 96  # pixels; CIFAR-10's 32x32 images are resized (bilinear) to this side
-    dropout: float = 0.0  # probability, before the classifier
-    block_dropout: float = 0.0  # probability of Dropout2d (whole channels) inside each block
+    model: str = setting("tutorial-resnet", "the network (reglab models lists them)",
+                         group="model", choices=_model_names)  # fmt: skip
+    image_size: int = setting(96, "side after bilinear resize of the 32x32 images", group="model",
+                              unit="pixels", low=1, high=512)  # fmt: skip
+    dropout: float = setting(0.0, "dropout before the classifier", group="model",
+                             unit="probability", low=0, high=1, high_open=True)  # fmt: skip
+    block_dropout: float = setting(0.0, "Dropout2d (whole channels) inside each residual block or "
+                                   "conv group", group="model", unit="probability", low=0, high=1,
+                                   high_open=True, metavar="P")  # fmt: skip
     # data
-    data_dir: str | None = None  # else $REGLAB_DATA, else ~/.cache/reglab
-    holdout: int = 0  # validate on the last N training images (0: the official test set)
-    train_limit: int | None = None  # use only the first N training images (quick checks)
-    normalization: str = "dataset"  # dataset (CIFAR-10 channel mean/std) | per-image
-    # (tf.image.per_image_standardization after resizing: the tutorial's)
-    augment: str = "none"  # none | flip | flip-crop (pad 4 + random 32 crop) | flip-translate
-    # | cutout (flip-crop + a 16-px square at 32 px set to the mean) | tutorial (see pipeline.py)
+    data_dir: str | None = setting(None, "CIFAR-10 folder (else $REGLAB_DATA, else "
+                                   "~/.cache/reglab; the official archive is downloaded there "
+                                   "if absent)", group="data", kind="system",
+                                   metavar="DIR")  # fmt: skip
+    holdout: int = setting(0, "validate on the last N training images instead of the official "
+                           "test set (0: the test set); choose λ on a holdout", group="data",
+                           unit="images", low=0)  # fmt: skip
+    train_limit: int | None = setting(None, "train on the first N training images only (quick "
+                                      "checks)", group="data", unit="images", low=1,
+                                      metavar="N")  # fmt: skip
+    normalization: str = setting("dataset", "input scaling: dataset (CIFAR-10 channel mean/std) "
+                                 "or per-image (tf.image.per_image_standardization after "
+                                 "resizing, the tutorial's)", group="data",
+                                 choices=NORMALIZATIONS)  # fmt: skip
+    augment: str = setting("none", "augmentation: flip; flip-crop (pad 4, random crop); "
+                           "flip-translate (reflect-pad 2, random crop); cutout (flip-crop + a "
+                           "16-px square); tutorial (resize x1.25, crop, flip, colour jitter)",
+                           group="data", choices=AUGMENTATIONS)  # fmt: skip
     # optimisation
-    batch_size: int = 64  # images per step
-    steps: int = 20_000  # optimizer updates
-    epochs: float | None = None  # if set, overrides steps
-    optimizer: str = "sgd"  # sgd (momentum) | nesterov | adamw
-    lr: float = 0.01  # peak learning rate per step
-    momentum: float = 0.9  # SGD momentum; Adam's beta1 for adamw
-    schedule: str = "constant"  # constant | step | cosine | linear (decay to 0)
-    warmup_steps: int = 0  # linear warm-up from 0 to lr over this many steps
-    lr_milestones: tuple[float, ...] = (0.5, 0.75)  # step schedule: fractions of training
-    lr_gamma: float = 0.1  # step schedule: lr multiplier at each milestone
-    label_smoothing: float = 0.0  # ε of cross entropy's label smoothing
+    batch_size: int = setting(64, "images per step (per process under torchrun: the global "
+                              "batch is this times the world size)", group="optimisation",
+                              unit="images", low=1)  # fmt: skip
+    steps: int = setting(20_000, "optimizer updates", group="optimisation", unit="steps", low=1)
+    epochs: float | None = setting(None, "passes over the training set; when set it gives the "
+                                   "steps", group="optimisation", unit="epochs", low=0,
+                                   low_open=True)  # fmt: skip
+    optimizer: str = setting("sgd", "sgd (momentum), nesterov, or adamw (its own decay off: "
+                             "reglab applies decay)", group="optimisation",
+                             choices=OPTIMIZERS)  # fmt: skip
+    lr: float = setting(0.01, "peak learning rate", group="optimisation", unit="per step", low=0,
+                        low_open=True)  # fmt: skip
+    momentum: float = setting(0.9, "SGD momentum; Adam's beta1 for adamw", group="optimisation",
+                              low=0, high=1, high_open=True)  # fmt: skip
+    schedule: str = setting("constant", "learning-rate schedule: constant, step (x gamma at "
+                            "each milestone), cosine or linear (to 0)", group="optimisation",
+                            choices=SCHEDULES)  # fmt: skip
+    warmup_steps: int = setting(0, "linear warm-up from lr/N to lr", group="optimisation",
+                                unit="steps", low=0)  # fmt: skip
+    lr_milestones: tuple[float, ...] = setting((0.5, 0.75), "step schedule: where lr is "
+                                               "multiplied by gamma", group="optimisation",
+                                               unit="fractions of training", low=0, high=1,
+                                               metavar="F,F")  # fmt: skip
+    lr_gamma: float = setting(0.1, "step schedule: the lr multiplier at each milestone",
+                              group="optimisation", low=0, low_open=True)  # fmt: skip
+    label_smoothing: float = setting(0.0, "ε of cross entropy's label smoothing",
+                                     group="optimisation", low=0, high=1,
+                                     high_open=True)  # fmt: skip
     # regularization
-    l2: float = 0.0  # λ of the penalty λ Σ‖w‖² over the default scope (conv and linear weights)
-    regularizers: list[str] = field(default_factory=list)  # rules METHOD=COEF[@SCOPE], after l2
-    audit: bool = True  # check on the first step that each regularizer acts as its formula says
-    # logging and evaluation
-    log_every: int = 1000  # steps between [train] lines (averaged over the interval)
-    val_every: int = 4000  # steps between [val] lines over the whole validation set
-    eval_batch_size: int = 1000
-    tta: bool = False  # evaluate on the image and its mirror image, averaging the logits
+    l2: float = setting(0.0, "λ of loss + λ Σ‖w‖² over conv and linear weights, gradient 2λw "
+                        "(the tutorial's text; its code's λ is --reg l2-half=λ); shorthand for "
+                        "--reg l2=λ, applied first", group="regularization", low=0,
+                        metavar="LAMBDA")  # fmt: skip
+    regularizers: list[str] = setting(  # noqa: RUF009 (setting() makes a default_factory)
+        [],
+        "a regularizer rule METHOD=COEF[@SCOPE], repeatable (replaces a preset's or config "
+        "file's list); methods and scopes: docs/regularization.md",
+        group="regularization",
+        flag="reg",
+        metavar="METHOD=COEF[@SCOPE]",
+    )
+    penalty_in_loss: bool = setting(True, "add the penalties (l2, l2-half, l1) to the minimised "
+                                    "loss; --no-penalty-in-loss reproduces the tutorial's bug "
+                                    "(penalty computed and logged, never minimised: λ acts as "
+                                    "0)", group="regularization")  # fmt: skip
+    audit: bool = setting(True, "check on the first step that each regularizer changes the "
+                          "update as its formula says, and stop the run if not",
+                          group="regularization", kind="system")  # fmt: skip
+    # evaluation and logging
+    log_every: int = setting(1000, "steps between [train] lines (averaged over the interval)",
+                             group="evaluation", unit="steps", kind="system", low=1)  # fmt: skip
+    val_every: int = setting(4000, "steps between validations over the whole validation set "
+                             "(and at the end)", group="evaluation", unit="steps",
+                             kind="system", low=1)  # fmt: skip
+    eval_batch_size: int = setting(1000, "validation batch", group="evaluation", unit="images",
+                                   kind="system", low=1)  # fmt: skip
+    tta: bool = setting(False, "evaluate on each image and its mirror image, averaging logits",
+                        group="evaluation")  # fmt: skip
+    checkpoint_every: int | None = setting(None, "steps between checkpoints (default: the "
+                                           "preset's, else about every 5 minutes of work); "
+                                           "always one at the end", group="evaluation",
+                                           unit="steps", kind="system", low=1,
+                                           metavar="N")  # fmt: skip
+    tensorboard: bool = setting(True, "write TensorBoard event files in RUN/tensorboard "
+                                "(needs the tensorboard package)", group="evaluation",
+                                kind="system")  # fmt: skip
     # system
-    seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    threads: int | None = None  # CPU threads for torch (default: torch's choice)
-    channels_last: bool = True  # NHWC memory layout (faster convolutions on CPU and GPU)
-    compile: bool = False  # torch.compile the model (CUDA)
+    seed: int = setting(0, "random seed: same seed, same run, bit for bit on CPU",
+                        group="system", low=0)  # fmt: skip
+    device: str = setting("auto", "auto, cpu, cuda or cuda:N", group="system", kind="system")
+    threads: int | None = setting(None, "CPU threads for torch (default: torch's choice)",
+                                  group="system", kind="system", low=1)  # fmt: skip
+    precision: str = setting("auto", "auto (bf16 autocast on CUDA and on CPUs with AVX512-BF16 or "
+                             "AMX, fp32 elsewhere), fp32, bf16, or fp16 (CUDA only)",
+                             group="system", choices=PRECISIONS)  # fmt: skip
+    channels_last: bool = setting(True, "NHWC memory layout (faster convolutions)",
+                                  group="system", kind="system")  # fmt: skip
+    compile: bool = setting(False, "torch.compile the model", group="system", kind="system")
+    on_nonfinite: str = setting("stop", "a NaN/inf loss or gradient: stop (naming the likely "
+                                "cause) or skip-step (drop that update and go on)",
+                                group="system", choices=NONFINITE)  # fmt: skip
+    sync_bn: bool = setting(False, "under torchrun: synchronise batch-norm statistics across "
+                            "processes (default: per process)", group="system")  # fmt: skip
     # output
-    runs_dir: str = "runs"
-    name: str | None = None  # run directory name (default: <preset or model>-<timestamp>)
-    overwrite: bool = False  # allow writing into an existing, non-empty run directory
-    preset: str | None = None
-    verbose: bool = False  # print the model's layer shapes on the first forward pass
+    runs_dir: str = setting("runs", "parent folder of run directories", group="output",
+                            kind="system", metavar="DIR")  # fmt: skip
+    name: str | None = setting(None, "run directory name (default <preset or model>-<time>)",
+                               group="output", kind="system")  # fmt: skip
+    overwrite: bool = setting(False, "replace the results of an existing run directory (all "
+                              "of them are removed first)", group="output",
+                              kind="system")  # fmt: skip
+    verbose: bool = setting(False, "print the network's layer shapes on the first batch",
+                            group="output", kind="system")  # fmt: skip
+    preset: str | None = setting(None, "a recipe applied under the config file and the flags: "
+                                 "tutorial (the tutorial's run), quick (84%% in minutes on a "
+                                 "2-core CPU), gpu (airbench94's widths, seconds on a GPU)",
+                                 group="output", kind="system",
+                                 choices=lambda: tuple(PRESETS))  # fmt: skip
 
     def validate(self) -> TrainConfig:
-        from reglab.models import MODELS, check_image_size
+        """Every value coerced and checked (ConfigError, one line), then the cross-field rules."""
+        for s in SETTINGS.values():
+            setattr(self, s.name, coerce(s, getattr(self, s.name), s.cli))
+        from reglab.models import check_image_size
 
-        def bad(msg: str) -> None:
-            raise ConfigError(msg)
-
-        if self.model not in MODELS:
-            choices = ", ".join(sorted(MODELS))
-            bad(f"unknown model {self.model!r} (--model); choose one of: {choices}")
         try:
             check_image_size(self.model, self.image_size)
         except ValueError as e:
             raise ConfigError(str(e)) from None
-        for name in ("batch_size", "eval_batch_size", "log_every", "val_every"):
-            if getattr(self, name) < 1:
-                flag = "--" + name.replace("_", "-")
-                bad(f"{flag} must be a positive integer (got {getattr(self, name)})")
-        if self.steps < 1 and self.epochs is None:
-            bad(f"--steps must be a positive integer (got {self.steps})")
-        if self.epochs is not None and self.epochs <= 0:
-            bad(f"--epochs must be positive (got {self.epochs})")
-        if self.image_size > 512:
-            bad(f"--image-size {self.image_size} is too large; use at most 512")
-        for name in ("l2", "lr", "label_smoothing", "dropout", "block_dropout", "momentum",
-                     "warmup_steps", "holdout"):
-            if getattr(self, name) < 0:
-                bad(f"--{name.replace('_', '-')} must be >= 0 (got {getattr(self, name)})")
-        if not 0 <= self.dropout < 1:
-            bad(f"--dropout is a probability in [0, 1) (got {self.dropout})")
-        if not 0 <= self.block_dropout < 1:
-            bad(f"--block-dropout is a probability in [0, 1) (got {self.block_dropout})")
-        from reglab.regularization.rules import rule_text
-
-        if isinstance(self.regularizers, (str, dict)):  # one rule given alone in a config file
-            self.regularizers = [self.regularizers]
-        self.regularizers = [rule_text(r) for r in self.regularizers]  # RuleError is a ConfigError
-        if not 0 <= self.label_smoothing < 1:
-            bad(f"--label-smoothing must be in [0, 1) (got {self.label_smoothing})")
-        if self.optimizer not in OPTIMIZERS:
-            bad(f"unknown optimizer {self.optimizer!r}; choose one of: {', '.join(OPTIMIZERS)}")
-        if self.schedule not in SCHEDULES:
-            bad(f"unknown schedule {self.schedule!r}; choose one of: {', '.join(SCHEDULES)}")
-        if self.normalization not in ("dataset", "per-image"):
-            bad(f"unknown normalization {self.normalization!r}; choose dataset or per-image")
-        if self.augment not in AUGMENTATIONS:
-            bad(f"unknown augmentation {self.augment!r}; choose one of: {', '.join(AUGMENTATIONS)}")
         if self.train_limit is not None and self.train_limit < self.batch_size:
-            bad(f"--train-limit {self.train_limit} is smaller than --batch-size {self.batch_size}")
+            raise ConfigError(f"--train-limit {self.train_limit} is smaller than --batch-size "
+                              f"{self.batch_size}: raise --train-limit or lower --batch-size")
         return self
 
     def to_dict(self) -> dict[str, Any]:
+        """Plain values (lists for tuples), in declaration order: config.yaml's content."""
         d = dataclasses.asdict(self)
         d["lr_milestones"] = list(self.lr_milestones)
         return d
 
+    def replace(self, **changes: Any) -> TrainConfig:
+        return dataclasses.replace(self, **changes).validate()
+
+
+def _setting_of(f: dataclasses.Field, hints: dict[str, Any]) -> Setting:
+    m = dict(f.metadata)
+    default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+    return Setting(name=f.name, type=hints[f.name], default=default,
+                   **{**m, "flag": m["flag"] or f.name.replace("_", "-")})  # fmt: skip
+
+
+SETTINGS: dict[str, Setting] = {
+    f.name: _setting_of(f, typing.get_type_hints(TrainConfig))
+    for f in dataclasses.fields(TrainConfig)
+}
+_BY_FLAG = {s.flag: s for s in SETTINGS.values()}
+
+
+def lookup(name: str, where: str = "") -> Setting:
+    """The setting called ``name`` (field name, or flag with or without dashes); ConfigError
+    (starting with ``where``) naming the nearest names otherwise."""
+    key = name.strip().lstrip("-")
+    s = SETTINGS.get(key.replace("-", "_")) or _BY_FLAG.get(key.replace("_", "-"))
+    if s is None:
+        import difflib
+
+        near = difflib.get_close_matches(key.replace("_", "-"), list(_BY_FLAG), n=3)
+        hint = f" (did you mean {', '.join(near)}?)" if near else ""
+        head = f"{where}: " if where else ""
+        raise ConfigError(f"{head}unknown setting {name!r}{hint}; the settings are listed by "
+                          "reglab train --help and docs/settings.md")  # fmt: skip
+    return s
+
+
+# --------------------------------------------------------------------------------------------
+# Coercion: one path for flags (strings), YAML values and sweep values.
+
+_TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
+
+
+def _number(s: Setting, value: Any, where: str) -> float:
+    if isinstance(value, bool):
+        raise ConfigError(f"{where}: expected a number, got {value!r}")
+    if isinstance(value, (int, float)):
+        x = float(value)
+    else:
+        text = str(value).strip().replace("_", "")
+        try:  # YAML 1.1 reads 1e-4 as a string; every common spelling is a number here
+            x = float(text)
+        except ValueError:
+            raise ConfigError(f"{where}: {value!r} is not a number (e.g. {s.default!r})") from None
+    if not math.isfinite(x):
+        raise ConfigError(f"{where}: {value!r} is not a finite number; give a finite value")
+    return x
+
+
+def _check_bounds(s: Setting, x: float, where: str) -> None:
+    below = s.low is not None and (x <= s.low if s.low_open else x < s.low)
+    above = s.high is not None and (x >= s.high if s.high_open else x > s.high)
+    if below or above:
+        raise ConfigError(f"{where} must be {s.bounds_text()} (got {x:g})")
+
+
+def _scalar(s: Setting, kind: Any, value: Any, where: str) -> Any:
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in _TRUE or text in _FALSE:
+            return text in _TRUE
+        raise ConfigError(f"{where}: expected true or false, got {value!r}")
+    if kind is int:
+        x = _number(s, value, where)
+        if x != int(x):
+            raise ConfigError(f"{where}: expected a whole number, got {value!r}")
+        _check_bounds(s, x, where)
+        return int(x)
+    if kind is float:
+        x = _number(s, value, where)
+        _check_bounds(s, x, where)
+        return x
+    if kind is str:
+        if isinstance(value, (dict, list, tuple)) or value is None:
+            raise ConfigError(f"{where}: expected a word, got {value!r}")
+        text = str(value).strip()
+        choices = s.choice_list()
+        if choices is not None and text not in choices:
+            raise ConfigError(f"{where}: unknown {s.name.replace('_', ' ')} {text!r}; choose one "
+                              f"of: {', '.join(choices)}")  # fmt: skip
+        return text
+    raise TypeError(f"setting {s.name}: unsupported type {kind!r}")
+
+
+def coerce(s: Setting | str, value: Any, where: str | None = None) -> Any:
+    """``value`` (a flag's text, a YAML value, a sweep value or a Python value) as setting ``s``
+    holds it; ConfigError (one line starting with ``where``) if it is not a valid value."""
+    s = lookup(s) if isinstance(s, str) else s
+    where = where or s.cli
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("none", "null")
+                         and s.nullable):  # fmt: skip
+        if s.nullable:
+            return None
+        raise ConfigError(f"{where} needs a value (it cannot be empty)")
+    kind = s.base_type
+    origin = typing.get_origin(kind)
+    if origin is tuple:  # lr_milestones: "0.5,0.75" or a list of numbers
+        items = value.split(",") if isinstance(value, str) else value
+        if not isinstance(items, (list, tuple)):
+            items = [items]
+        return tuple(_scalar(s, float, v, where) for v in items if str(v).strip())
+    if origin is list:  # regularizers: one rule or a list of rules (strings or mappings)
+        from reglab.regularization.rules import RuleError, rule_text
+
+        items = value if isinstance(value, (list, tuple)) else [value]
+        try:
+            return [rule_text(v) for v in items]
+        except RuleError as e:
+            raise ConfigError(f"{where}: {e}") from None
+    return _scalar(s, kind, value, where)
+
+
+# --------------------------------------------------------------------------------------------
+# Presets and the merge order defaults < preset < config file < flags.
 
 PRESETS: dict[str, dict[str, Any]] = {
-    # The tutorial's run: its ResNet at 96 px, batch 64, momentum SGD 0.01 / 0.9, L2 1e-4 over conv
-    # and linear weights, 20,000 steps, train log every 1,000 and validation every 4,000 steps.
-    # Input: per-image standardization, as the tutorial's cifar10_input did.
-    # L2 as its code defined it: tf-slim's l2_regularizer(1e-4) = 1e-4 · Σ‖w‖²/2, gradient λw.
-    "tutorial": {"normalization": "per-image", "regularizers": ["l2-half=1e-4"]},
+    # The tutorial's run: its ResNet at 96 px, batch 64, momentum SGD 0.01 / 0.9, 20,000 steps,
+    # train lines every 1,000 and validation every 4,000 steps (the defaults), with its input
+    # (per-image standardization) and its L2 as its code defined it: tf-slim's
+    # l2_regularizer(1e-4) = 1e-4 · Σ‖w‖²/2, gradient λw.
+    "tutorial": {
+        "normalization": "per-image",
+        "regularizers": ["l2-half=1e-4"],
+        "checkpoint_every": 500,
+    },
     # A 2-core CPU recipe (airbench-style net, whitened input, label smoothing, flip + translate,
-    # Nesterov SGD with warm-up then linear decay) reaching 80% holdout accuracy in minutes.
+    # Nesterov SGD with warm-up then linear decay): 84% holdout accuracy in about 4 minutes.
     "quick": {
         "model": "airbench",
         "image_size": 32,
@@ -157,6 +450,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "l2": 5e-4,
         "log_every": 50,
         "val_every": 312,  # every 2 epochs of 156 steps, and at the end
+        "checkpoint_every": 156,
         "tta": True,
     },
     # A GPU recipe: the same method at airbench94's widths and batch size, 10 epochs.
@@ -176,50 +470,118 @@ PRESETS: dict[str, dict[str, Any]] = {
         "l2": 5e-4,
         "log_every": 39,
         "val_every": 1_000_000,  # at the end only
+        "checkpoint_every": 1_000_000,  # at the end only: the run takes seconds
         "eval_batch_size": 2000,
         "tta": True,
     },
 }
 
-FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
-
 
 def load_config_file(path: str | Path) -> dict[str, Any]:
+    """The mapping of a YAML config file (values are coerced later, with the file named)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {path} not found; check the path given to --config")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
         first = str(e).splitlines()[0]
         raise ConfigError(f"config file {path} is not valid YAML ({first})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {path} is not a text file; give a YAML file") from None
+    if data is None:
+        return {}
     if not isinstance(data, dict):
-        raise ConfigError(f"config file {path} must hold a mapping of setting: value")
+        raise ConfigError(f"config file {path} must hold a mapping of setting: value, e.g. "
+                          "'lr: 0.01'")  # fmt: skip
     return data
+
+
+def _source_values(values: dict[str, Any], where: str) -> dict[str, Any]:
+    """A source's keys as setting names (``batch-size`` and ``batch_size`` alike; ``reg`` for
+    regularizers), values coerced; ConfigError naming ``where`` and the key."""
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        s = lookup(str(key), where)
+        out[s.name] = coerce(s, value, f"{where}: {s.name}" if where != "flags" else s.cli)
+    return out
 
 
 def build_config(
     preset: str | None = None,
     file_values: dict[str, Any] | None = None,
     overrides: dict[str, Any] | None = None,
+    file_name: str = "config file",
 ) -> TrainConfig:
-    """Merge defaults < preset < config file < flags (None values in ``overrides`` are unset)."""
-    values: dict[str, Any] = {}
-    if preset is not None:
-        if preset not in PRESETS:
-            raise ConfigError(f"unknown preset {preset!r}; choose one of: {', '.join(PRESETS)}")
-        values.update(PRESETS[preset])
-        values["preset"] = preset
+    """Merge defaults < preset < config file < flags and validate.
+
+    The preset is ``preset`` (a flag) or else the file's ``preset:`` key. Within the merge, a
+    source that gives ``steps`` but not ``epochs`` unsets an ``epochs`` from below (an explicit
+    step count wins over a preset's epochs). ``overrides`` with value None are unset flags.
+    """
+    file_values = dict(file_values or {})
     flags = {k: v for k, v in (overrides or {}).items() if v is not None}
-    for source in (file_values or {}, flags):
-        for key, value in source.items():
-            key = key.replace("-", "_")
-            if key not in FIELDS:
-                raise ConfigError(f"unknown setting {key!r}; see reglab train --help for the names")
-            values[key] = value
-    overrides = overrides or {}
-    if overrides.get("steps") is not None and overrides.get("epochs") is None:
-        values["epochs"] = None  # an explicit --steps wins over a preset's epochs
-    if "lr_milestones" in values:
-        values["lr_milestones"] = tuple(float(x) for x in values["lr_milestones"])
+    file_vals = _source_values(file_values, file_name)
+    flag_vals = _source_values(flags, "flags")
+    name = flag_vals.pop("preset", None) or preset or file_vals.pop("preset", None)
+    file_vals.pop("preset", None)
+    values: dict[str, Any] = {}
+    if name is not None:
+        if name not in PRESETS:
+            raise ConfigError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")
+        values.update(_source_values(PRESETS[name], f"preset {name}"))
+        values["preset"] = name
+    for source in (file_vals, flag_vals):
+        if "steps" in source and "epochs" not in source:
+            values["epochs"] = None
+        values.update(source)
     return TrainConfig(**values).validate()
+
+
+# --------------------------------------------------------------------------------------------
+# The docs' table.
+
+
+def _default_text(s: Setting) -> str:
+    d = s.default
+    if isinstance(d, bool):
+        return "on" if d else "off"
+    if isinstance(d, (list, tuple)):
+        return ",".join(map(str, d)) or "(none)"
+    return "(none)" if d is None else str(d)
+
+
+def settings_markdown() -> str:
+    """docs/settings.md: every setting by group, as ``reglab train --help`` shows them."""
+    lines = [
+        "# Settings",
+        "",
+        "Generated from `reglab.config` (`python -m reglab.config > docs/settings.md`); a test",
+        "keeps it current. Each setting is a flag of `reglab train` (`--name`; on/off settings",
+        "also `--no-name`), a key of a YAML config file (`name: value`, dashes or underscores)",
+        "and, for experiment settings, a possible sweep axis. *System* settings say where and",
+        "how a run executes; they may differ between the workers of one sweep and may change",
+        "when a run is resumed.",
+        "",
+        "Presets: " + ", ".join(f"`{k}`" for k in PRESETS) + " (defaults < preset < config file "
+        "< flags).",
+    ]
+    for group in GROUPS:
+        lines += ["", f"## {group}", "", "| flag | default | unit / values | kind | meaning |",
+                  "|---|---|---|---|---|"]  # fmt: skip
+        for s in SETTINGS.values():
+            if s.group != group:
+                continue
+            values = s.unit
+            if s.choice_list() is not None:
+                values = " \\| ".join(s.choice_list())
+            elif s.bounds_text():
+                values = f"{s.unit}; {s.bounds_text()}" if s.unit else s.bounds_text()
+            flag = f"`{s.cli}`" + (" (repeatable)" if s.repeatable else "")
+            text = s.help.replace("|", "\\|")
+            lines.append(f"| {flag} | {_default_text(s)} | {values} | {s.kind} | {text} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    print(settings_markdown(), end="")

@@ -160,8 +160,16 @@ def augment_batch(
 class BatchPipeline:
     """Shuffled batches of (images, labels) ready for the model, on ``device``.
 
-    An epoch is a random permutation of the training set (seeded), cut into ``batch_size`` batches;
-    the last partial batch is dropped so every step sees the same number of images.
+    An epoch is a random permutation of the training set (seeded), cut into ``batch_size``
+    batches; the last partial batch is dropped so every step sees the same number of images.
+    The pipeline's random state (its generator, the epoch's permutation and the position in it)
+    is :meth:`state_dict`, so a resumed run draws exactly the batches the uninterrupted run
+    would have drawn.
+
+    Data-parallel (``shard = (rank, world_size)``): ``batch_size`` is the *global* batch; every
+    process draws the same permutation and the same augmentation of the whole global batch and
+    keeps rows ``rank::world_size`` of it, so N processes see together exactly the batch one
+    process would (at the price of preparing the global batch on each).
     """
 
     def __init__(
@@ -175,6 +183,7 @@ class BatchPipeline:
         seed: int = 0,
         channels_last: bool = False,
         normalization: str = "dataset",
+        shard: tuple[int, int] = (0, 1),
     ):
         self.device = torch.device(device)
         self.images = images.to(self.device)
@@ -184,8 +193,13 @@ class BatchPipeline:
         self.augment = augment
         self.channels_last = channels_last
         self.normalization = normalization
+        self.rank, self.world_size = shard
+        if batch_size % self.world_size:
+            raise ValueError(f"batch {batch_size} does not split over {self.world_size} processes")
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
         self.steps_per_epoch = len(self.images) // batch_size
+        self.order: torch.Tensor | None = None  # this epoch's batches of indices
+        self.position = 0  # next batch of this epoch
 
     def prepare(self, images: torch.Tensor, augment: str = "none") -> torch.Tensor:
         x = normalize(images)
@@ -199,16 +213,37 @@ class BatchPipeline:
             x = x.contiguous(memory_format=torch.channels_last)
         return x
 
-    def epoch(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        n = self.steps_per_epoch * self.batch_size
-        order = torch.randperm(len(self.images), device=self.device, generator=self.generator)[:n]
-        for idx in order.view(self.steps_per_epoch, self.batch_size):
-            yield self.prepare(self.images[idx], self.augment), self.labels[idx]
+    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The next training batch (this process's share of it), a new epoch when one ends."""
+        if self.order is None or self.position == self.steps_per_epoch:
+            n = self.steps_per_epoch * self.batch_size
+            perm = torch.randperm(len(self.images), device=self.device, generator=self.generator)
+            self.order = perm[:n].view(self.steps_per_epoch, self.batch_size)
+            self.position = 0
+        idx = self.order[self.position]
+        self.position += 1
+        x, y = self.prepare(self.images[idx], self.augment), self.labels[idx]
+        if self.world_size > 1:
+            x, y = x[self.rank :: self.world_size], y[self.rank :: self.world_size]
+        return x, y
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Batches forever, epoch after epoch."""
         while True:
-            yield from self.epoch()
+            yield self.next_batch()
+
+    def state_dict(self) -> dict[str, torch.Tensor | int | None]:
+        return {
+            "generator": self.generator.get_state(),
+            "order": None if self.order is None else self.order.cpu(),
+            "position": self.position,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])
+        order = state["order"]
+        self.order = None if order is None else order.to(self.device)
+        self.position = int(state["position"])
 
     def eval_batches(
         self, images: torch.Tensor, labels: torch.Tensor, batch_size: int

@@ -12,6 +12,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from reglab.models.registry import register_model
+
 
 class ConvGroup(nn.Sequential):
     def __init__(self, in_channels: int, out_channels: int, block_dropout: float = 0.0):
@@ -87,11 +89,13 @@ class AirbenchNet(nn.Module):
         return self.fc(self.dropout(x)) * self.logit_scale
 
 
+@register_model("airbench", min_image_size=16)
 def airbench_net(num_classes: int = 10, dropout: float = 0.0, **kwargs) -> AirbenchNet:
     """Quarter-width airbench (32/64/128): the 2-core CPU network of the quick preset."""
     return AirbenchNet(num_classes=num_classes, dropout=dropout, **kwargs)
 
 
+@register_model("airbench94", min_image_size=16)
 def airbench94_net(num_classes: int = 10, dropout: float = 0.0, **kwargs) -> AirbenchNet:
     """airbench94's widths (64/256/256): the GPU network."""
     kwargs.setdefault("widths", (64, 256, 256))

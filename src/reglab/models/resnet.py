@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from reglab.models.registry import register_model
+
 
 class BasicBlock(nn.Module):
     """Two 3x3 conv -> BN layers (the first carries the stride) plus a shortcut, then ReLU."""
@@ -98,6 +100,7 @@ class ResNet(nn.Module):
         return self.fc(self.dropout(self.avgpool(x).flatten(1)))
 
 
+@register_model("resnet18", min_image_size=8)
 def resnet18(num_classes: int = 10, dropout: float = 0.0, block_dropout: float = 0.0) -> ResNet:
     """ResNet-18, CIFAR form: 11,173,962 parameters for 10 classes."""
     return ResNet(

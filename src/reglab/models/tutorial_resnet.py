@@ -35,6 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from reglab.models.registry import register_model
+
 # Input side the tutorial used; only the shape printout depends on it, the net takes any side.
 TUTORIAL_IMAGE_SIZE = 96
 
@@ -146,6 +148,7 @@ def _stage(
     return nn.Sequential(*layers)
 
 
+@register_model("tutorial-resnet", min_image_size=32)
 class TutorialResNet(nn.Module):
     """The tutorial's bottleneck ResNet (see the module docstring for the layout and init).
 

@@ -2,11 +2,14 @@
 
 A regularizer acts at one or more points of a step, and the loop calls all of them:
 
-    loss = data_loss + plan.penalty()     # penalty terms (l2, l1) reach the gradients here
+    loss = data_loss + plan.loss_term()   # penalties without a closed-form gradient (none built in)
     loss.backward()
-    plan.before_step(lr)                  # gradient-side (wd), then parameter-side (decoupled-wd,
-    optimizer.step()                      #   decay-per-*) terms
-    plan.after_step(lr)                   # proximal L1
+    plan.before_step(lr)                  # gradient-side (l2, l2-half, l1, wd: fused foreach adds
+    optimizer.step()                      #   to p.grad), then parameter-side (decoupled-wd,
+    plan.after_step(lr)                   #   decay-per-*); after the step, proximal L1
+
+``plan.penalty()`` is the value of every penalty term, for the logs (computed at log points, not
+every step).
 
 The plan is decided in one place, :func:`build_regularization`, from the rules of the config
 (``--l2`` first, then every ``--reg`` in order), printed as a table before training and checked
@@ -26,13 +29,16 @@ from reglab.regularization.methods import (
     CoupledWeightDecay,
     DecayPerStep,
     DecoupledWeightDecay,
+    HalfL2Penalty,
     L1Penalty,
     L2Penalty,
     ProximalL1,
     Regularizer,
+    find_method,
+    register_regularizer,
 )
 from reglab.regularization.penalties import l1_penalty, l2_penalty, soft_threshold
-from reglab.regularization.rules import METHODS, RegRule, RuleError, parse_rule
+from reglab.regularization.rules import RegRule, RuleError, methods, parse_rule
 from reglab.regularization.scope import (
     DEFAULT_SCOPE,
     NamedParams,
@@ -42,10 +48,11 @@ from reglab.regularization.scope import (
 )
 
 __all__ = [
-    "METHODS",
+    "REGULARIZERS",
     "CoupledWeightDecay",
     "DecayPerStep",
     "DecoupledWeightDecay",
+    "HalfL2Penalty",
     "L1Penalty",
     "L2Penalty",
     "ProximalL1",
@@ -58,8 +65,11 @@ __all__ = [
     "default_scope",
     "l1_penalty",
     "l2_penalty",
+    "make_regularizer",
+    "methods",
     "param_group",
     "parse_rule",
+    "register_regularizer",
     "resolve_rules",
     "select_params",
     "soft_threshold",
@@ -71,23 +81,44 @@ class Regularization:
 
     Regularizers with coefficient 0 are dropped. They run in stage order (gradient-side before
     parameter-side), so that coupled decay reads the weights before decoupled decay shrinks them.
+    ``penalty_in_loss=False`` reproduces the tutorial's bug on purpose: penalty terms
+    (``is_penalty``) are computed and logged but never reach the gradients (λ acts as 0).
     """
 
-    def __init__(self, regularizers: Sequence[Regularizer]):
+    def __init__(self, regularizers: Sequence[Regularizer], penalty_in_loss: bool = True):
         kept = [r for r in regularizers if r.coef != 0 and r.params]
         self.regularizers = sorted(kept, key=lambda r: STAGES.index(r.stage))
+        self.penalty_in_loss = penalty_in_loss
+
+    @property
+    def applied(self) -> list[Regularizer]:
+        """The regularizers that act on the step (all, unless penalties are left out)."""
+        return [r for r in self.regularizers if self.penalty_in_loss or not r.is_penalty]
 
     def penalty(self) -> torch.Tensor | None:
+        """Σ of every penalty term's value (for the logs; applied or not)."""
         terms = [t for r in self.regularizers if (t := r.penalty()) is not None]
+        return torch.stack([t.float() for t in terms]).sum() if terms else None
+
+    def loss_term(self) -> torch.Tensor | None:
+        """What to add to the minimised loss (penalties without a closed-form gradient)."""
+        terms = [t for r in self.applied if (t := r.loss_term()) is not None]
         return torch.stack(terms).sum() if terms else None
 
     def before_step(self, lr: float) -> None:
-        for r in self.regularizers:
+        for r in self.applied:
             r.before_step(lr)
 
     def after_step(self, lr: float) -> None:
-        for r in self.regularizers:
+        for r in self.applied:
             r.after_step(lr)
+
+    def state_dict(self) -> dict[str, dict]:
+        return {r.label: r.state_dict() for r in self.regularizers}
+
+    def load_state_dict(self, state: dict[str, dict]) -> None:
+        for r in self.regularizers:
+            r.load_state_dict(state.get(r.label, {}))
 
     def table(self, model: nn.Module) -> str:
         """The rules (convention, tensors, parameters) and the parameter groups with their size and
@@ -96,7 +127,8 @@ class Regularization:
             rows = [("rule", "tensors", "parameters", "convention")]
             for r in self.regularizers:
                 n = sum(p.numel() for p in r.tensors)
-                rows.append((r.label, str(len(r.params)), f"{n:,}", r.convention))
+                off = "" if r in self.applied else " [NOT APPLIED: --no-penalty-in-loss]"
+                rows.append((r.label, str(len(r.params)), f"{n:,}", r.convention + off))
             lines = ["regularization:", *_format_rows(rows)]
         else:
             lines = ["regularization: none (no rule with a non-zero coefficient)"]
@@ -159,13 +191,17 @@ def resolve_rules(rules: Sequence[RegRule], model: nn.Module) -> list[tuple[RegR
 
 
 def make_regularizer(rule: RegRule, params: NamedParams, batch_size: int) -> Regularizer:
-    """The regularizer of one rule: the method's class with the rule's coefficient and params."""
-    if rule.per_examples is not None or rule.method == "decay-per-step":
-        return DecayPerStep(rule.coef, params, rule.label, batch_size, rule.per_examples)
-    return REGULARIZERS[rule.method](rule.coef, params, rule.label)
+    """The regularizer of one rule: the registered class of its method, with the rule's
+    coefficient and parameters."""
+    cls = find_method(rule.method)
+    if cls is None:
+        raise RuleError(f"unknown method {rule.method!r}; choose one of: {', '.join(methods())}")
+    return cls.from_rule(rule.method, rule.coef, params, rule.label, batch_size)
 
 
 def build_regularization(cfg, model: nn.Module) -> Regularization:
-    """The regularizers a TrainConfig asks for, each on its scope (see :func:`resolve_rules`)."""
+    """The regularizers a config asks for (``l2``, ``regularizers``, ``batch_size``,
+    ``penalty_in_loss``), each on its scope (see :func:`resolve_rules`)."""
     resolved = resolve_rules(config_rules(cfg), model)
-    return Regularization([make_regularizer(r, ps, cfg.batch_size) for r, ps in resolved])
+    return Regularization([make_regularizer(r, ps, cfg.batch_size) for r, ps in resolved],
+                          penalty_in_loss=getattr(cfg, "penalty_in_loss", True))  # fmt: skip

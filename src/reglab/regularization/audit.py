@@ -7,6 +7,7 @@ model and optimizer (float64, no autocast, the same batch and dropout masks) onc
 plan and once with R removed, and compares the two where R acts (``R.stage``):
 
     l2            gradient before optimizer.step()     differs by 2λw
+    l2-half       gradient                             differs by λw
     l1            gradient                             differs by λ·sign(w)
     wd            gradient                             differs by wd·w
     decoupled-wd  weights just after optimizer.step()  differ by −lr·wd·w'
@@ -19,6 +20,10 @@ scope must show that difference (relative error ≤ ``rtol``) and every tensor o
 (up to ``noise`` relative to its size). The real model, optimizer, batch-norm statistics and
 random generators are left as they were: a run with the audit gives the same metrics as one
 without it. ``reglab audit`` runs it on a random batch, ``reglab train`` on its first batch.
+
+The audit takes the step function as an argument (the training layer passes its ``train_step``),
+so it depends on the step's contract, not on the loop. A penalty switched off on purpose
+(``--no-penalty-in-loss``, the tutorial's bug reproduced) is checked to be really off.
 """
 
 from __future__ import annotations
@@ -31,6 +36,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from reglab.errors import ReglabError
+
 HINTS = {
     "gradient": "is its penalty added to the loss that is minimised (or its term to p.grad "
     "before optimizer.step())?",
@@ -40,7 +47,7 @@ HINTS = {
 WHERE = {"gradient": "gradient", "update": "updated weights", "final": "weights after the step"}
 
 
-class AuditError(ValueError):
+class AuditError(ReglabError):
     """A regularizer that does not do what its formula says; the message is one line."""
 
 
@@ -54,9 +61,12 @@ class AuditFinding:
     missed: list[str] = field(default_factory=list)  # in scope, change not as the formula says
     leaked: list[str] = field(default_factory=list)  # outside scope, changed
     checkable: bool = True  # False when the formula predicts no change at all (e.g. lr = 0)
+    switched_off: bool = False  # a penalty left out of the loss on purpose (--no-penalty-in-loss)
 
     @property
     def ok(self) -> bool:
+        if self.switched_off:  # then it must change nothing at all
+            return len(self.missed) == self.tensors and not self.leaked
         return not self.missed and not self.leaked
 
 
@@ -80,7 +90,11 @@ class AuditResult:
         lines = [head]
         width = max(len(f.label) for f in self.findings)
         for f in self.findings:
-            if f.ok:
+            if f.switched_off:
+                verdict = ("NOT APPLIED, as asked (--no-penalty-in-loss: the tutorial's bug, "
+                           "reproduced on purpose; λ acts as 0)" if f.ok else "FAILED (applied "
+                           "although --no-penalty-in-loss)")  # fmt: skip
+            elif f.ok:
                 verdict = "ok" if f.checkable else "ok (formula predicts no change: not checked)"
             else:
                 verdict = f"FAILED ({len(f.missed)} missed, {len(f.leaked)} outside scope)"
@@ -94,6 +108,9 @@ class AuditResult:
     def error(self) -> str:
         """One line naming the first failing regularizer and its parameters."""
         f = next(f for f in self.findings if not f.ok)
+        if f.switched_off and not f.leaked:
+            return (f"audit: {f.label} still changes the {WHERE[f.stage]} although "
+                    "--no-penalty-in-loss leaves penalties out of the loss. Run stopped.")
         if f.missed:
             return (
                 f"audit: {f.label} does not change the {WHERE[f.stage]} of {len(f.missed)} of its "
@@ -144,19 +161,19 @@ def audit_regularization(
     x: torch.Tensor,
     y: torch.Tensor,
     lr: float,
+    step_fn: Callable,
     label_smoothing: float = 0.0,
-    step_fn: Callable | None = None,
     max_images: int = 32,
     rtol: float = 1e-6,
     noise: float = 1e-10,
 ) -> AuditResult:
     """Audit every regularizer of ``plan`` on one step (see the module docstring).
 
-    ``step_fn`` is the training step, with the signature of
-    :func:`reglab.training.loop.train_step` (the default); ``max_images`` of the batch are used.
+    ``step_fn(model, x, y, plan, optimizer, lr, label_smoothing, autocast, probe)`` is the
+    training step (:func:`reglab.training.step.train_step`): it must call ``probe(stage)`` at
+    "gradient" (just before optimizer.step()), "update" (just after) and "final" (after the
+    plan's after_step). ``max_images`` of the batch are used.
     """
-    if step_fn is None:
-        from reglab.training.loop import train_step as step_fn
     x, y = x[:max_images].double(), y[:max_images]
     names = [n for n, _ in model.named_parameters()]
     w0 = {n: p.detach().double().clone() for n, p in model.named_parameters()}
@@ -197,7 +214,8 @@ def audit_regularization(
             without, with_ = seen[r.stage], full[r.stage]
             acts_on = {"gradient": w0, "update": seen["pre-step"], "final": without}[r.stage]
             scope = {n for n, _ in r.params}
-            f = AuditFinding(r.label, r.stage, len(scope), r.formula, checkable=False)
+            f = AuditFinding(r.label, r.stage, len(scope), r.formula, checkable=False,
+                             switched_off=r not in plan.applied)  # fmt: skip
             for n in names:
                 diff = with_[n] - without[n]
                 floor = noise * without[n].norm().item() + 1e-30
@@ -215,59 +233,3 @@ def audit_regularization(
     finally:
         _set_rng_state(rng, x.device)
     return AuditResult(findings, lr, len(y))
-
-
-def check_regularization(
-    model: nn.Module,
-    plan,
-    optimizer: torch.optim.Optimizer,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    lr: float,
-    label_smoothing: float = 0.0,
-    step_fn: Callable | None = None,
-) -> str:
-    """Audit and return the report; raise AuditError (one line) if a regularizer fails."""
-    result = audit_regularization(model, plan, optimizer, x, y, lr, label_smoothing, step_fn)
-    if not result.ok:
-        raise AuditError(result.error())
-    return result.report()
-
-
-def audit_config(cfg, data=None, images: int = 32) -> tuple[str, AuditResult]:
-    """``reglab audit``: build the run ``cfg`` describes (model, plan, optimizer, first lr) and
-    audit one step on the first ``images`` training images of ``data``, or on random images when
-    ``data`` is None (no data set needed). Returns (the regularization table, the result)."""
-    from reglab.data.pipeline import BatchPipeline
-    from reglab.regularization import build_regularization
-    from reglab.training.loop import build_model, resolve_device
-    from reglab.training.optim import build_optimizer, lr_at
-
-    device = resolve_device(cfg.device)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    torch.manual_seed(cfg.seed)
-    n = max(2, min(images, cfg.batch_size))
-    if data is None:
-        g = torch.Generator().manual_seed(cfg.seed)
-        train_images = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g)
-        train_labels = torch.randint(0, 10, (n,), generator=g)
-        num_classes = 10
-    else:
-        train_images, train_labels = data.train_images[:n], data.train_labels[:n]
-        num_classes = len(data.classes)
-    pipeline = BatchPipeline(
-        train_images, train_labels, n, cfg.image_size, augment=cfg.augment, device=device,
-        seed=cfg.seed, channels_last=cfg.channels_last,
-    )  # fmt: skip
-    model = build_model(cfg, num_classes, pipeline, device)
-    plan = build_regularization(cfg, model)
-    optimizer = build_optimizer(
-        cfg.optimizer, [p for p in model.parameters() if p.requires_grad], cfg.lr, cfg.momentum
-    )
-    x, y = next(iter(pipeline))
-    lr = lr_at(0, max(cfg.steps, 1), cfg.lr, cfg.schedule, cfg.warmup_steps, cfg.lr_milestones,
-               cfg.lr_gamma)  # fmt: skip
-    model.train()
-    result = audit_regularization(model, plan, optimizer, x, y, lr, cfg.label_smoothing)
-    return plan.table(model), result

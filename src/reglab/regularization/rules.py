@@ -5,7 +5,8 @@
     l1=1e-5@name:layer4.*                 L1 penalty on parameters whose name matches
     decay-per-1024=5e-4                   5e-4 of each weight removed per 1,024 examples
 
-Methods and their coefficients are in ``METHODS``; scopes in :mod:`reglab.regularization.scope`.
+Methods and their conventions are the registry's (:func:`methods`); scopes in
+:mod:`reglab.regularization.scope`.
 A config file may also give a rule as a mapping ``{method: wd, coef: 5e-4, scope: conv.weight}``;
 it is stored in the short form so that a sweep can use the rules as a grid axis.
 """
@@ -13,27 +14,23 @@ it is stored in the short form so that a sweep can use the rules as a grid axis.
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from reglab.config import ConfigError
+from reglab.errors import ConfigError
+from reglab.regularization.methods import REGULARIZERS, find_method
 from reglab.regularization.scope import DEFAULT_SCOPE, Scope, format_scope, parse_scope
 
-# method -> convention of its coefficient (shown by --help, the table and the docs)
-METHODS: dict[str, str] = {
-    "l2": "loss += λ Σ‖w‖² (gradient 2λw)",
-    "l2-half": "loss += λ Σ‖w‖²/2 (gradient λw; tf.nn.l2_loss, tf-slim's l2_regularizer)",
-    "l1": "loss += λ Σ|w| (subgradient λ·sign(w))",
-    "wd": "gradient += wd·w before the optimizer (torch.optim's weight_decay: × lr, via momentum"
-    " or Adam's normalisation)",
-    "decoupled-wd": "w ← (1 − lr·wd)·w before the optimizer's update (SGDW/AdamW; × lr only)",
-    "decay-per-step": "w ← (1 − r)·w every step (independent of lr)",
-    "decay-per-N": "w ← (1 − r_step)·w, r_step = 1 − (1 − r)^(batch/N): r per N examples",
-    "prox-l1": "after the step w ← sign(w)·max(|w| − lr·λ, 0) (exact zeros)",
-}
-_PER_N = re.compile(r"decay-per-(\d+)$")
 SYNTAX = "expected METHOD=COEF[@SCOPE], e.g. l2=1e-4 or wd=5e-4@conv.weight,linear.weight"
+
+
+def methods() -> dict[str, str]:
+    """Method name as typed -> the convention of its coefficient (from the registry)."""
+    out = {name: cls.convention for name, cls in REGULARIZERS.items()}
+    if "decay-per-step" in out:
+        out["decay-per-N"] = ("w ← (1 − r_step)·w, r_step = 1 − (1 − r)^(batch/N): r per N "
+                              "examples (e.g. decay-per-1024)")  # fmt: skip
+    return out
 
 
 class RuleError(ConfigError):
@@ -42,13 +39,12 @@ class RuleError(ConfigError):
 
 @dataclass(frozen=True)
 class RegRule:
-    """One regularizer and the parameters it applies to. ``per_examples`` is N of decay-per-N;
-    ``written`` the rule as the user wrote it (shown in tables and errors), if any."""
+    """One regularizer and the parameters it applies to. ``method`` is the name as typed (e.g.
+    decay-per-1024); ``written`` the rule as the user wrote it (shown in tables and errors)."""
 
     method: str
     coef: float
     scope: Scope = DEFAULT_SCOPE
-    per_examples: int | None = None
     written: str | None = field(default=None, compare=False)
 
     @property
@@ -66,9 +62,8 @@ class RegRule:
 
 
 def method_names() -> str:
-    return ", ".join(
-        m if m != "decay-per-N" else "decay-per-N (e.g. decay-per-1024)" for m in METHODS
-    )
+    return ", ".join(m if m != "decay-per-N" else "decay-per-N (e.g. decay-per-1024)"
+                     for m in methods())  # fmt: skip
 
 
 def parse_rule(text: str) -> RegRule:
@@ -79,12 +74,7 @@ def parse_rule(text: str) -> RegRule:
     method = method.strip()
     if not eq or not method or not coef_text.strip():
         raise RuleError(f"bad rule {text!r}: {SYNTAX}")
-    per_examples = None
-    if (m := _PER_N.match(method)) is not None:
-        per_examples = int(m.group(1))
-        if per_examples < 1:
-            raise RuleError(f"bad rule {text!r}: N of decay-per-N must be a positive integer")
-    elif method not in METHODS or method == "decay-per-N":
+    if find_method(method) is None:
         raise RuleError(
             f"bad rule {text!r}: unknown method {method!r}; choose one of: {method_names()}"
         )
@@ -102,7 +92,7 @@ def parse_rule(text: str) -> RegRule:
             scope = parse_scope(scope_text)
         except ValueError as e:
             raise RuleError(f"bad rule {text!r}: {e}") from None
-    return RegRule(method, coef, scope, per_examples, written=text)
+    return RegRule(method, coef, scope, written=text)
 
 
 def rule_text(value: Any) -> str:

@@ -1,126 +1,111 @@
-"""The training loop, top to bottom: data -> model -> regularization -> steps -> logs -> checkpoint.
+"""The training loop, top to bottom: (resume) -> header -> audit -> steps -> logs -> validation
+-> checkpoints -> result.
 
-It is the tutorial's train_with_bn done properly: batch norm in train mode for the updates and in
-eval mode for every evaluation, logs averaged over their interval, validation over the whole
-validation set, and the regularization penalty added to the loss that is minimised.
+It is the tutorial's ``train_with_bn`` done properly: batch norm in train mode for the updates
+and in eval mode for every evaluation, logs averaged over their interval, validation over the
+whole validation set, the regularization really applied (and audited on the first step), and a
+run that can be killed at any moment and resumed as the same run (bit for bit on CPU).
+
+Everything before the first step is built by :func:`reglab.training.builder.build`; this module
+only runs it. :func:`train` does both and returns a :class:`RunResult`.
 """
 
 from __future__ import annotations
 
-import math
 import sys
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from reglab.config import TrainConfig
-from reglab.data import CIFAR10, load_cifar10
-from reglab.data.pipeline import BatchPipeline
-from reglab.models import create_model
-from reglab.regularization import Regularization, build_regularization
-from reglab.regularization.audit import AuditError, audit_regularization
+from reglab.data import CIFAR10
+from reglab.errors import ReglabError
+from reglab.regularization.audit import AuditError
 from reglab.regularization.diagnostics import bn_followed_weights, weight_diagnostics
-from reglab.training.optim import build_optimizer, lr_at
+from reglab.training import distributed
+from reglab.training.builder import Setup, audit_first_step, build, environment
+from reglab.training.checkpoint import capture_rng, load_latest, restore_rng, save_checkpoint
+from reglab.training.distributed import DistInfo
 from reglab.training.rundir import RunDir
+from reglab.training.step import evaluate, train_step
+
+DEFAULT_CHECKPOINT_SECONDS = 300.0  # without --checkpoint-every: about every 5 minutes of work
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"--device {name}: no CUDA GPU is available here; use --device cpu")
-    return torch.device(name)
+class NonFiniteError(ReglabError):
+    """The loss or a gradient became NaN or inf; the message names the likely cause."""
 
 
-def total_steps(cfg: TrainConfig, n_train: int) -> int:
-    if cfg.epochs is None:
-        return cfg.steps
-    return max(1, math.ceil(cfg.epochs * (n_train // cfg.batch_size)))
+@dataclass
+class RunResult:
+    """What a finished run gives: summary.json's figures (accuracies are fractions) and, not
+    serialised, the trained model and every metrics row."""
+
+    model_name: str
+    steps: int
+    epochs: float
+    val_split: str
+    val_images: int
+    final_val_loss: float
+    final_val_acc: float
+    best_val_acc: float
+    best_val_step: int
+    final_train_loss: float
+    final_train_acc: float
+    train_seconds: float
+    total_seconds: float
+    images_per_second: float
+    parameters: int
+    regularization: list[str]
+    weight_norms: dict[str, float]
+    environment: dict[str, Any]
+    resumed_at: list[int] = field(default_factory=list)  # steps at which the run was resumed
+    skipped_steps: list[int] = field(default_factory=list)  # non-finite steps skipped
+    model: nn.Module | None = field(default=None, repr=False, compare=False)
+    history: list[dict[str, Any]] = field(default_factory=list, repr=False, compare=False)
+
+    def summary(self) -> dict[str, Any]:
+        """summary.json: the figures, flat (weight norms as ``weight_norm/<group>``)."""
+        d = asdict(self)
+        for key in ("model", "history", "weight_norms"):
+            d.pop(key)
+        d["model"] = d.pop("model_name")
+        d["status"] = "complete"
+        return {**d, **self.weight_norms}
 
 
-@torch.no_grad()
-def evaluate(
-    model: nn.Module,
-    pipeline: BatchPipeline,
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    batch_size: int,
-    tta: bool = False,
-    autocast: Callable[[], Any] = nullcontext,
-) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy over the whole set, batch norm in eval mode."""
-    was_training = model.training
-    model.eval()
-    loss_sum = torch.zeros((), device=pipeline.device)
-    correct = torch.zeros((), device=pipeline.device, dtype=torch.long)
-    for x, y in pipeline.eval_batches(images, labels, batch_size):
-        with autocast():
-            logits = model(x)
-            if tta:  # average the logits of the image and its mirror image
-                logits = 0.5 * (logits + model(x.flip(-1)))
-        logits = logits.float()
-        loss_sum += F.cross_entropy(logits, y, reduction="sum")
-        correct += (logits.argmax(1) == y).sum()
-    model.train(was_training)
-    n = len(labels)
-    return loss_sum.item() / n, correct.item() / n
+@dataclass
+class Progress:
+    """The loop's own state, saved in every checkpoint: updates done, the running sums of the
+    current log interval, the rows logged so far, and time spent."""
 
-
-def train_step(
-    forward: Callable[[torch.Tensor], torch.Tensor],
-    x: torch.Tensor,
-    y: torch.Tensor,
-    reg: Regularization,
-    optimizer: torch.optim.Optimizer,
-    lr: float,
-    label_smoothing: float = 0.0,
-    autocast: Callable[[], Any] = nullcontext,
-    probe: Callable[[str], None] | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """One update at learning rate ``lr``; returns (logits, data loss, penalty or None).
-
-    The penalty is added to the loss that is minimised (the tutorial's bug was to leave it out).
-    ``probe(stage)`` is the audit's hook, called at "gradient" (just before optimizer.step()),
-    "update" (just after it) and "final" (after the regularizers' after_step).
-    """
-    for group in optimizer.param_groups:
-        group["lr"] = lr
-    with autocast():
-        logits = forward(x)
-        # the loss in at least float32 (bf16 logits under autocast; float64 kept for the audit)
-        wide = logits if logits.dtype == torch.float64 else logits.float()
-        data_loss = F.cross_entropy(wide, y, label_smoothing=label_smoothing)
-    penalty = reg.penalty()
-    loss = data_loss if penalty is None else data_loss + penalty
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    reg.before_step(lr)
-    if probe is not None:
-        probe("gradient")
-    optimizer.step()
-    if probe is not None:
-        probe("update")
-    reg.after_step(lr)
-    if probe is not None:
-        probe("final")
-    return logits, data_loss, penalty
+    step: int = 0
+    loss_sum: float = 0.0
+    correct: int = 0
+    seen: int = 0
+    interval_steps: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    elapsed: float = 0.0  # wall seconds of earlier processes of this run
+    eval_seconds: float = 0.0
+    resumed_at: list[int] = field(default_factory=list)
+    skipped_steps: list[int] = field(default_factory=list)
 
 
 class Printer:
     """Log lines to stdout, above a progress bar on stderr when that is a terminal."""
 
-    def __init__(self, total: int, enabled: bool = True):
+    def __init__(self, total: int, initial: int = 0, enabled: bool = True):
         self.bar = None
         self.enabled = enabled
         if enabled and sys.stderr.isatty():
             from tqdm import tqdm
 
-            self.bar = tqdm(total=total, unit="step", dynamic_ncols=True, leave=False)
+            self.bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True,
+                            leave=False)  # fmt: skip
 
     def __call__(self, line: str) -> None:
         if not self.enabled:
@@ -139,205 +124,302 @@ class Printer:
             self.bar.close()
 
 
-def build_model(
-    cfg: TrainConfig, num_classes: int, pipeline: BatchPipeline, device: torch.device
-) -> nn.Module:
-    """The network of ``cfg`` on ``device``, initialised (from the pipeline's data if it asks)."""
-    extra = {"verbose": True} if cfg.verbose and cfg.model == "tutorial-resnet" else {}
-    model = create_model(
-        cfg.model, num_classes=num_classes, dropout=cfg.dropout,
-        block_dropout=cfg.block_dropout, **extra,
-    )  # fmt: skip
-    model = model.to(device, memory_format=torch.channels_last if cfg.channels_last else None)
-    if hasattr(model, "init_from_data"):  # e.g. airbench's whitening layer, from 5,000 images
-        model.init_from_data(pipeline.prepare(pipeline.images[:5000]))
-    return model
-
-
 def train(
     cfg: TrainConfig,
+    *,
+    model: nn.Module | None = None,
     run_dir: RunDir | None = None,
     data: CIFAR10 | None = None,
     on_validation: Callable[[int, dict[str, Any]], None] | None = None,
     quiet: bool = False,
-) -> dict[str, Any]:
-    """Train ``cfg`` and return the summary. ``on_validation(step, row)`` is called after each
-    validation (a sweep uses it to prune); it may raise to stop the run."""
-    device = resolve_device(cfg.device)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    torch.manual_seed(cfg.seed)
+    resume: bool = False,
+    dist: DistInfo | None = None,
+) -> RunResult:
+    """Train ``cfg`` (with ``model`` instead of ``cfg.model`` if given) and return the result.
 
-    # data: uint8 on the device, batches made by the pipeline
-    if data is None:
-        data = load_cifar10(cfg.data_dir, holdout=cfg.holdout, train_limit=cfg.train_limit)
-    pipeline = BatchPipeline(
-        data.train_images, data.train_labels, cfg.batch_size, cfg.image_size,
-        augment=cfg.augment, device=device, seed=cfg.seed, channels_last=cfg.channels_last,
-        normalization=cfg.normalization,
-    )  # fmt: skip
-    steps = total_steps(cfg, len(data.train_images))
+    ``run_dir``: where the run's files go (None: nothing is written). ``resume``: continue from
+    the newest valid checkpoint in ``run_dir`` (from the start if it has none).
+    ``on_validation(step, row)`` is called after each validation (a sweep prunes with it); it may
+    raise to stop the run.
+    """
+    setup = build(cfg, data=data, model=model, dist=dist)
+    return run(setup, run_dir, on_validation=on_validation, quiet=quiet, resume=resume)
 
-    # model
-    model = build_model(cfg, len(data.classes), pipeline, device)
-    forward = torch.compile(model) if cfg.compile else model
-    autocast = (
-        (lambda: torch.autocast("cuda", dtype=torch.bfloat16))
-        if device.type == "cuda"
-        else nullcontext
-    )
 
-    # regularization: decided in one place, printed before training
-    reg: Regularization = build_regularization(cfg, model)
-    optimizer = build_optimizer(
-        cfg.optimizer, [p for p in model.parameters() if p.requires_grad], cfg.lr, cfg.momentum
-    )
+def run(
+    setup: Setup,
+    run_dir: RunDir | None = None,
+    *,
+    on_validation: Callable[[int, dict[str, Any]], None] | None = None,
+    quiet: bool = False,
+    resume: bool = False,
+) -> RunResult:
+    cfg, dist, device, pipe = setup.cfg, setup.dist, setup.device, setup.pipeline
+    main = dist.is_main
+    say = Printer(setup.steps, enabled=not quiet and main)
+    autocast, scaler = setup.precision.autocast(), setup.scaler
 
-    say = Printer(steps, enabled=not quiet)
-    n_params = sum(p.numel() for p in model.parameters())
-    say(
-        f"reglab: {cfg.model} ({n_params:,} parameters) on {device}, {len(data.train_images):,} "
-        f"training images, validation: {data.val_split} ({len(data.val_images):,} images), "
-        f"{steps:,} steps of batch {cfg.batch_size}"
-    )
-    table = reg.table(model)
+    # resume: every piece of state the rest of the run depends on, from the newest valid one
+    progress = Progress()
+    if resume and run_dir is not None:
+        progress = restore(setup, run_dir, say) or progress
+    if progress.step:
+        progress.resumed_at.append(progress.step)
+
+    # header
+    n_val = len(setup.data.val_images)
+    say(f"reglab: {setup.model_label} "
+        f"({setup.parameters:,} parameters) on {device}"
+        + (f" x {dist.world_size} processes ({dist.backend})" if dist.enabled else "")
+        + f", {setup.precision.name} ({setup.precision.reason}), "
+        f"{len(setup.data.train_images):,} training images, validation: {setup.data.val_split} "
+        f"({n_val:,} images), {setup.steps:,} steps of batch {pipe.batch_size}"
+        + (f"; resumed at step {progress.step}" if progress.step else ""))  # fmt: skip
+    table = setup.reg.table(setup.model)
     say(table)
-    bn_followed = bn_followed_weights(model)  # for the effective-learning-rate diagnostic
-    if run_dir is not None:
+    if run_dir is not None and main and not progress.step:
         run_dir.write_config(cfg.to_dict())
         run_dir.write_text("regularization.txt", table)
 
+    bn_followed = bn_followed_weights(setup.model)  # for the effective-learning-rate diagnostic
+    guard = "skip-step" if cfg.on_nonfinite == "skip-step" else "stop"
+    check_every = 1 if device.type == "cpu" else 50  # the finite flag is read (a sync) this often
+    finite = torch.ones((), dtype=torch.bool, device=device)
+    loss_sum = torch.tensor(progress.loss_sum, device=device)
+    correct = torch.tensor(progress.correct, device=device)
+    last_checkpoint = time.perf_counter()
+    started = time.perf_counter() - progress.elapsed
+    interval_start = time.perf_counter()
+    calibrated = False
+
     def log(row: dict[str, Any]) -> None:
+        progress.history.append(row)
         if run_dir is not None:
             run_dir.log(row)
 
-    steps_per_epoch = pipeline.steps_per_epoch
-    started = time.perf_counter()
-    eval_time = 0.0
-    interval_start, interval_steps = time.perf_counter(), 0
-    loss_sum = torch.zeros((), device=device)
-    penalty_sum = torch.zeros((), device=device)
-    correct = torch.zeros((), device=device, dtype=torch.long)
-    seen = 0
-    history: list[dict[str, Any]] = []
-    batches = iter(pipeline)
-    model.train()
-    for step in range(steps):
-        x, y = next(batches)
-        lr = lr_at(
-            step, steps, cfg.lr, cfg.schedule, cfg.warmup_steps, cfg.lr_milestones, cfg.lr_gamma
-        )
+    def check_finite(step: int, x: torch.Tensor, out) -> None:
+        if not distributed.all_finite(dist, finite):
+            raise NonFiniteError(nonfinite_message(setup, step, x, out.data_loss, run_dir))
+
+    setup.model.train()
+    for step in range(progress.step, setup.steps):
+        x, y = pipe.next_batch()
+        lr = setup.lr(step)
         if step == 0 and cfg.audit:  # on copies: the run's trajectory is not changed
             t0 = time.perf_counter()
-            audit = audit_regularization(model, reg, optimizer, x, y, lr, cfg.label_smoothing)
-            say(audit.report())
-            if run_dir is not None:
-                run_dir.write_text("audit.txt", audit.report())
-            if not audit.ok:  # a regularizer that does not act as its formula says stops the run
-                raise AuditError(audit.error())
-            eval_time += time.perf_counter() - t0  # the audit is not training time
+            verdict = None
+            if main:
+                audit = audit_first_step(setup, x, y)
+                say(audit.report())
+                if run_dir is not None:
+                    run_dir.write_text("audit.txt", audit.report())
+                verdict = None if audit.ok else audit.error()
+            verdict = distributed.broadcast(dist, verdict)
+            if verdict is not None:  # a regularizer that does not act as its formula says
+                raise AuditError(verdict)
+            progress.eval_seconds += time.perf_counter() - t0  # the audit is not training time
             interval_start += time.perf_counter() - t0
-        logits, data_loss, penalty = train_step(
-            forward, x, y, reg, optimizer, lr, cfg.label_smoothing, autocast
-        )
 
-        # running sums stay on the device: no synchronisation until a log point
-        loss_sum += data_loss.detach() * len(y)
-        if penalty is not None:
-            penalty_sum += penalty.detach() * len(y)
-        correct += (logits.detach().argmax(1) == y).sum()
-        seen += len(y)
-        interval_steps += 1
-        say.update()
+        out = train_step(setup.forward, x, y, setup.reg, setup.optimizer, lr,
+                         cfg.label_smoothing, autocast, guard=guard, scaler=scaler)  # fmt: skip
         done = step + 1
+        if not out.applied:
+            progress.skipped_steps.append(done)
+            say(f"[warn]: step {done}: loss or gradient not finite, update skipped "
+                "(--on-nonfinite skip-step)")  # fmt: skip
+        else:
+            finite &= out.finite
+        # running sums stay on the device: no synchronisation until a log point
+        loss_sum += out.data_loss.detach().float() * len(y)
+        correct += (out.logits.detach().argmax(1) == y).sum()
+        progress.seen += len(y)
+        progress.interval_steps += 1
+        progress.step = done
+        say.update()
+        if done % check_every == 0:
+            check_finite(done, x, out)
 
-        if done % cfg.log_every == 0 or done == steps:
-            train_loss, train_acc = loss_sum.item() / seen, correct.item() / seen
-            if not math.isfinite(train_loss):
-                raise FloatingPointError(
-                    f"training loss is {train_loss} at step {done}: lower --lr (now {cfg.lr:g})"
-                )
-            per_batch = (time.perf_counter() - interval_start) / interval_steps
-            say(
-                f"[train]: step {done} loss = {train_loss:.4f} acc = {train_acc:.4f} "
-                f"({per_batch:.4f} s / batch)"
-            )
-            row = {
-                "step": done, "epoch": round(done / steps_per_epoch, 4), "split": "train",
-                "loss": train_loss, "acc": train_acc, "lr": lr,
-                "penalty": penalty_sum.item() / seen,
-                "elapsed": time.perf_counter() - started, "s_per_batch": per_batch,
-            }  # fmt: skip
-            fields, detail = weight_diagnostics(model, reg, lr, bn_followed)
+        if not calibrated and done - (progress.resumed_at[-1] if progress.resumed_at else 0) == 11:
+            calibrated = True  # the expected time, from 10 steps after the first (warm-up)
+            per_step = (time.perf_counter() - interval_start) / progress.interval_steps
+            left = (setup.steps - done) * per_step
+            say(f"[time]: about {per_step:.3f} s / step here: {fmt_duration(left)} of training "
+                "to go, validation apart")  # fmt: skip
+
+        if done % cfg.log_every == 0 or done == setup.steps:
+            check_finite(done, x, out)
+            sums = torch.stack([loss_sum, correct.float(),
+                                torch.tensor(float(progress.seen), device=device)])  # fmt: skip
+            if dist.enabled:
+                torch.distributed.all_reduce(sums if dist.backend == "nccl" else sums.cpu())
+            total_loss, total_correct, total_seen = sums.tolist()
+            per_batch = (time.perf_counter() - interval_start) / max(progress.interval_steps, 1)
+            train_loss, train_acc = total_loss / total_seen, total_correct / total_seen
+            say(f"[train]: step {done} loss = {train_loss:.4f} acc = {train_acc:.4f} "
+                f"({per_batch:.4f} s / batch)")  # fmt: skip
+            with torch.no_grad():
+                pen = setup.reg.penalty()
+            row = {"step": done, "epoch": round(done / pipe.steps_per_epoch, 4),
+                   "split": "train", "loss": train_loss, "acc": train_acc, "lr": lr,
+                   "penalty": 0.0 if pen is None else pen.item(),
+                   "elapsed": time.perf_counter() - started, "s_per_batch": per_batch}  # fmt: skip
+            fields, detail = weight_diagnostics(setup.model, setup.reg, lr, bn_followed)
             row.update(fields)
             if run_dir is not None:
                 run_dir.log_weights({"step": done, "lr": lr, **detail})
             log(row)
-            history.append(row)
-            loss_sum.zero_(), penalty_sum.zero_(), correct.zero_()
-            seen, interval_steps, interval_start = 0, 0, time.perf_counter()
+            loss_sum.zero_(), correct.zero_()
+            progress.seen, progress.interval_steps = 0, 0
+            interval_start = time.perf_counter()
 
-        if done % cfg.val_every == 0 or done == steps:
+        if done % cfg.val_every == 0 or done == setup.steps:
             t0 = time.perf_counter()
-            val_loss, val_acc = evaluate(
-                model, pipeline, data.val_images, data.val_labels, cfg.eval_batch_size, cfg.tta,
-                autocast,
-            )  # fmt: skip
-            eval_time += time.perf_counter() - t0
-            with torch.no_grad():
-                pen = reg.penalty()
-            say(f"[{data.val_split}]: step {done} loss = {val_loss:.4f} acc = {val_acc:.4f}")
-            row = {
-                "step": done, "epoch": round(done / steps_per_epoch, 4), "split": data.val_split,
-                "loss": val_loss, "acc": val_acc, "lr": lr,
-                "penalty": 0.0 if pen is None else pen.item(),
-                "elapsed": time.perf_counter() - started,
-            }  # fmt: skip
-            log(row)
-            history.append(row)
-            interval_start += time.perf_counter() - t0  # evaluation is not training time
-            if on_validation is not None:
+            row = None
+            if main:
+                batches = pipe.eval_batches(setup.data.val_images, setup.data.val_labels,
+                                            cfg.eval_batch_size)  # fmt: skip
+                val_loss, val_acc, _ = evaluate(setup.model, batches, cfg.tta, autocast)
+                with torch.no_grad():
+                    pen = setup.reg.penalty()
+                split = setup.data.val_split
+                say(f"[{split}]: step {done} loss = {val_loss:.4f} acc = {val_acc:.4f}")
+                row = {"step": done, "epoch": round(done / pipe.steps_per_epoch, 4),
+                       "split": split, "loss": val_loss, "acc": val_acc, "lr": lr,
+                       "penalty": 0.0 if pen is None else pen.item(),
+                       "elapsed": time.perf_counter() - started}  # fmt: skip
+                log(row)
+            elapsed_eval = time.perf_counter() - t0
+            progress.eval_seconds += elapsed_eval
+            interval_start += elapsed_eval  # evaluation is not training time
+            if on_validation is not None and row is not None:
                 on_validation(done, row)
 
+        due = (done % cfg.checkpoint_every == 0) if cfg.checkpoint_every else (
+            time.perf_counter() - last_checkpoint >= DEFAULT_CHECKPOINT_SECONDS)  # fmt: skip
+        if run_dir is not None and (due or done == setup.steps):
+            check_finite(done, x, out)  # a checkpoint is never written from a non-finite state
+            progress.loss_sum, progress.correct = loss_sum.item(), int(correct.item())
+            progress.elapsed = time.perf_counter() - started
+            if main:
+                save_checkpoint(run_dir.checkpoint_dir, done, checkpoint_state(setup, progress))
+            last_checkpoint = time.perf_counter()
+
     say.close()
-    elapsed = time.perf_counter() - started
-    vals = [r for r in history if r["split"] == data.val_split]
-    best = max(vals, key=lambda r: r["acc"])
-    train_time = elapsed - eval_time
-    summary = {
-        "model": cfg.model,
-        "steps": steps,
-        "epochs": round(steps / steps_per_epoch, 4),
-        "val_split": data.val_split,
-        "val_images": len(data.val_images),
-        "final_val_loss": vals[-1]["loss"],
-        "final_val_acc": vals[-1]["acc"],
-        "best_val_acc": best["acc"],
-        "best_val_step": best["step"],
-        "final_train_loss": next(r for r in reversed(history) if r["split"] == "train")["loss"],
-        "final_train_acc": next(r for r in reversed(history) if r["split"] == "train")["acc"],
-        "train_seconds": round(train_time, 2),
-        "total_seconds": round(elapsed, 2),
-        "images_per_second": round(steps * cfg.batch_size / max(train_time, 1e-9), 1),
-        "parameters": n_params,
-        "device": str(device),
-        "regularization": [r.label for r in reg.regularizers],
-    }
-    last_train = next(r for r in reversed(history) if r["split"] == "train")
-    summary.update(
-        {k: v for k, v in last_train.items() if k.startswith(("weight_norm/", "sparsity/"))}
-    )
-    say(
-        f"[summary]: {steps:,} steps in {elapsed:.1f} s ({summary['images_per_second']:.0f} "
-        f"images/s); {data.val_split} acc = {summary['final_val_acc']:.4f} "
-        f"(best {summary['best_val_acc']:.4f} at step {summary['best_val_step']})"
-    )
-    if run_dir is not None:
-        run_dir.write_summary(summary)
-        run_dir.save_checkpoint({
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "step": steps, "config": cfg.to_dict(),
-        })  # fmt: skip
+    result = make_result(setup, progress, time.perf_counter() - started)
+    if run_dir is not None and main:
+        run_dir.write_summary(result.summary())
         say(f"[summary]: run directory {run_dir.path}")
-    summary["model_object"] = model  # for callers in-process (tests, sweeps); not serialised
-    return summary
+    say(f"[summary]: {result.steps:,} steps in {result.total_seconds:.1f} s "
+        f"({result.images_per_second:.0f} images/s); {result.val_split} acc = "
+        f"{result.final_val_acc:.4f} (best {result.best_val_acc:.4f} at step "
+        f"{result.best_val_step})")  # fmt: skip
+    return result
+
+
+def fmt_duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+# --------------------------------------------------------------------------------------------
+# Checkpoints: save and restore everything the rest of the run depends on.
+
+
+def checkpoint_state(setup: Setup, progress: Progress) -> dict[str, Any]:
+    state = {
+        "model": setup.model.state_dict(),
+        "optimizer": setup.optimizer.state_dict(),
+        "pipeline": setup.pipeline.state_dict(),
+        "rng": capture_rng(),
+        "regularization": setup.reg.state_dict(),
+        "loop": asdict(progress),
+        "config": setup.cfg.to_dict(),
+    }
+    if setup.scaler is not None:
+        state["scaler"] = setup.scaler.state_dict()
+    return state
+
+
+def restore(setup: Setup, run_dir: RunDir, say: Callable[[str], None]) -> Progress | None:
+    """Load the newest valid checkpoint into the setup; None (and a note) if there is none."""
+    state, notes = load_latest(run_dir.checkpoint_dir)
+    for note in notes:
+        say(f"[resume]: {note}")
+    if state is None:
+        say(f"[resume]: no valid checkpoint in {run_dir.checkpoint_dir}: starting from step 0")
+        return None
+    setup.model.load_state_dict(state["model"])
+    setup.optimizer.load_state_dict(state["optimizer"])
+    setup.pipeline.load_state_dict(state["pipeline"])
+    setup.reg.load_state_dict(state["regularization"])
+    if setup.scaler is not None and "scaler" in state:
+        setup.scaler.load_state_dict(state["scaler"])
+    restore_rng(state["rng"])
+    progress = Progress(**state["loop"])
+    run_dir.restart_logs(progress.history, progress.step)
+    say(f"[resume]: continuing from the checkpoint of step {progress.step}")
+    return progress
+
+
+def make_result(setup: Setup, progress: Progress, elapsed: float) -> RunResult:
+    history = progress.history
+    split = setup.data.val_split
+    vals = [r for r in history if r["split"] == split]
+    trains = [r for r in history if r["split"] == "train"]
+    if not vals or not trains:
+        raise ReglabError("the run ended without a validation or a train log line; lower "
+                          "--val-every / --log-every")  # fmt: skip
+    best = max(vals, key=lambda r: r["acc"])
+    train_time = max(elapsed - progress.eval_seconds, 1e-9)
+    steps = setup.steps
+    return RunResult(
+        model_name=setup.model_label, steps=steps,
+        epochs=round(steps / setup.pipeline.steps_per_epoch, 4), val_split=split,
+        val_images=len(setup.data.val_images), final_val_loss=vals[-1]["loss"],
+        final_val_acc=vals[-1]["acc"], best_val_acc=best["acc"], best_val_step=best["step"],
+        final_train_loss=trains[-1]["loss"], final_train_acc=trains[-1]["acc"],
+        train_seconds=round(train_time, 2), total_seconds=round(elapsed, 2),
+        images_per_second=round(steps * setup.pipeline.batch_size / train_time, 1),
+        parameters=setup.parameters, regularization=[r.label for r in setup.reg.regularizers],
+        weight_norms={k: v for k, v in trains[-1].items()
+                      if k.startswith(("weight_norm/", "sparsity/"))},
+        environment=environment(setup), resumed_at=progress.resumed_at,
+        skipped_steps=progress.skipped_steps, model=setup.model, history=history,
+    )  # fmt: skip
+
+
+# --------------------------------------------------------------------------------------------
+# Non-finite values: which setting most likely caused them.
+
+
+def nonfinite_message(setup: Setup, step: int, x: torch.Tensor, data_loss: torch.Tensor,
+                      run_dir: RunDir | None) -> str:  # fmt: skip
+    """One line: where the loss or a gradient stopped being finite, the likely cause, the fix."""
+    cfg = setup.cfg
+    where = f"the loss or a gradient is not finite by step {step}"
+    kept = ""
+    if run_dir is not None:
+        from reglab.training.checkpoint import checkpoints
+
+        found = checkpoints(run_dir.checkpoint_dir)
+        kept = f"; the last good checkpoint (step {found[0][0]}) is kept" if found else ""
+    if not bool(torch.isfinite(x).all()):
+        return (f"{where}: the input batch itself holds NaN or inf values: check the data files "
+                f"and --augment / --normalization{kept}")  # fmt: skip
+    lr, mu = cfg.lr, cfg.momentum if cfg.optimizer != "adamw" else 0.0
+    for r in setup.reg.applied:
+        # per-step multiplier of the weights from this rule alone; momentum SGD on a quadratic
+        # diverges once lr·c > 2(1 + μ)
+        c = {"l2": 2 * r.coef, "l2-half": r.coef, "wd": r.coef}.get(r.name)
+        if c is not None and cfg.optimizer != "adamw" and lr * c > 2 * (1 + mu):
+            return (f"{where}: {r.label} with lr {lr:g} is unstable on its own (lr x its gradient "
+                    f"factor = {lr * c:.3g} > 2(1 + momentum) = {2 * (1 + mu):.3g}): lower the "
+                    f"coefficient of {r.label.split('=')[0]} (or --lr){kept}")  # fmt: skip
+        if r.name == "decoupled-wd" and lr * r.coef >= 1:
+            return (f"{where}: {r.label} with lr {lr:g} removes lr x wd = {lr * r.coef:.3g} of "
+                    f"each weight per step (>= 1 flips its sign): lower it (or --lr){kept}")
+    return (f"{where} (data loss {data_loss.item():.4g}): the learning rate {lr:g} is the likely "
+            f"cause: lower --lr (or add --warmup-steps){kept}")  # fmt: skip

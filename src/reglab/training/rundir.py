@@ -1,15 +1,19 @@
-"""A run directory: the resolved config, the metrics, the summary and the checkpoint.
+"""A run directory: everything a run leaves, and nothing stale.
 
-    config.yaml      every setting of the run, after presets, config file and flags
-    metrics.jsonl    one row per log point: step, epoch, split, loss, acc, lr, penalty, elapsed;
-                     train rows add grad_norm, weight_norm/<group>, eff_lr_bn, sparsity/<method>
-    weights.jsonl    per train log point, per tensor: norm, grad_norm, zeros, eff_lr (diagnostics)
+    config.yaml         every setting of the run, after preset, config file and flags
+    metrics.jsonl       one row per log point: step, epoch, split, loss, acc, lr, penalty, elapsed;
+                        train rows add grad_norm, weight_norm/<group>, eff_lr_bn, sparsity/<method>
+    metrics.csv         the same rows as a table (written at the end)
+    weights.jsonl       per train log point, per tensor: norm, grad_norm, zeros, eff_lr
     regularization.txt  the rules and the parameter groups they apply to, as printed at the start
-    audit.txt        the first step's check that each regularizer changes what its formula says
-    summary.json     final and best validation figures, time, throughput
-    checkpoint.pt    model, optimizer, step and config (torchvision references' contents)
+    audit.txt           the first step's check that each regularizer changes what its formula says
+    checkpoints/        step-N.pt + step-N.sha256, the newest two (see training.checkpoint)
+    tensorboard/        TensorBoard event files
+    summary.json        written last, only by a run that finished: final and best validation
+                        figures, time, and what is needed to reproduce the run
 
-A directory that already holds files is never written into unless ``overwrite`` is set.
+A directory that already holds a run is never written into unless ``overwrite`` is set, and then
+every result of the old run is removed first; ``resume`` continues the run it holds.
 """
 
 from __future__ import annotations
@@ -20,37 +24,71 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
 import yaml
 
+from reglab.errors import ReglabError
 
-class RunDirError(ValueError):
+RESULT_FILES = ("config.yaml", "metrics.jsonl", "metrics.csv", "weights.jsonl",
+                "regularization.txt", "audit.txt", "summary.json")  # fmt: skip
+RESULT_DIRS = ("checkpoints", "tensorboard")
+
+
+class RunDirError(ReglabError):
     pass
 
 
+def is_run_dir(path: Path) -> bool:
+    return any((path / n).exists() for n in (*RESULT_FILES, *RESULT_DIRS))
+
+
 class RunDir:
-    def __init__(self, path: str | Path, overwrite: bool = False):
+    """``mode``: "new" (the folder must be absent or empty), "overwrite" (an existing run's
+    results are removed first) or "resume" (the folder must hold a run)."""
+
+    def __init__(self, path: str | Path, mode: str = "new", writer: bool = True):
         self.path = Path(path)
+        self.writer = writer  # False on the ranks > 0 of a distributed run: nothing is written
+        self.metrics_path = self.path / "metrics.jsonl"
+        self.weights_path = self.path / "weights.jsonl"
+        self.checkpoint_dir = self.path / "checkpoints"
         if self.path.exists() and not self.path.is_dir():
             raise RunDirError(f"run directory {self.path} is a file; choose another --name")
-        if self.path.is_dir() and any(self.path.iterdir()) and not overwrite:
+        holds_files = self.path.is_dir() and any(self.path.iterdir())
+        if mode == "resume":
+            if not (self.path / "config.yaml").is_file():
+                raise RunDirError(f"{self.path} holds no run to resume (no config.yaml); give "
+                                  "the run directory of a run reglab started")  # fmt: skip
+        elif holds_files and mode == "new":
             raise RunDirError(
                 f"run directory {self.path} already exists and is not empty; choose another "
-                "--name or pass --overwrite to replace its results"
+                "--name, pass --resume to continue it, or --overwrite to replace its results"
             )
+        elif holds_files and mode == "overwrite" and not is_run_dir(self.path):
+            raise RunDirError(f"{self.path} is not a reglab run directory, so --overwrite will "
+                              "not empty it; choose another --name")  # fmt: skip
         self.created = not self.path.exists()
+        self.mode = mode
+        if not writer:
+            return
         self.path.mkdir(parents=True, exist_ok=True)
-        self.metrics_path = self.path / "metrics.jsonl"
-        self.metrics_path.write_text("")  # a fresh log (overwrite was asked for, or it is new)
-        self.weights_path = self.path / "weights.jsonl"
-        self.weights_path.unlink(missing_ok=True)
+        if mode == "overwrite":
+            self.remove_results()
+        (self.path / "summary.json").unlink(missing_ok=True)  # only a finished run has one
+
+    def remove_results(self) -> None:
+        for name in RESULT_FILES:
+            (self.path / name).unlink(missing_ok=True)
+        for name in RESULT_DIRS:
+            shutil.rmtree(self.path / name, ignore_errors=True)
 
     def discard_if_unused(self) -> bool:
         """Remove the directory if this run created it and it holds no result yet (a run that
         stopped before its first log line or audit report); True if it was removed."""
-        if not self.created or self.metrics_path.stat().st_size > 0:
+        if not self.writer or not self.created or not self.path.exists():
             return False
-        if (self.path / "audit.txt").exists():  # a failed audit's report is worth keeping
+        if (self.path / "audit.txt").exists() or self.checkpoint_dir.exists():
+            return False
+        if self.metrics_path.exists() and self.metrics_path.stat().st_size > 0:
             return False
         shutil.rmtree(self.path)
         return True
@@ -59,27 +97,39 @@ class RunDir:
     def default_name(label: str) -> str:
         return f"{label}-{time.strftime('%Y%m%d-%H%M%S')}"
 
+    def read_config(self) -> dict[str, Any]:
+        return yaml.safe_load((self.path / "config.yaml").read_text()) or {}
+
     def write_config(self, config: dict[str, Any]) -> None:
-        (self.path / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+        self.write_text("config.yaml", yaml.safe_dump(config, sort_keys=False))
+
+    def restart_logs(self, rows: list[dict[str, Any]], last_step: int) -> None:
+        """Metrics as they were at a checkpoint: ``rows`` exactly, weights rows up to
+        ``last_step`` (a resumed run then appends what comes after)."""
+        if not self.writer:
+            return
+        self.metrics_path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        if self.weights_path.exists():
+            kept = [line for line in self.weights_path.read_text().splitlines()
+                    if line.strip() and json.loads(line)["step"] <= last_step]  # fmt: skip
+            self.weights_path.write_text("".join(line + "\n" for line in kept))
 
     def log(self, row: dict[str, Any]) -> None:
-        with self.metrics_path.open("a") as f:
-            f.write(json.dumps(row) + "\n")
+        if self.writer:
+            with self.metrics_path.open("a") as f:
+                f.write(json.dumps(row) + "\n")
 
     def log_weights(self, row: dict[str, Any]) -> None:
-        with self.weights_path.open("a") as f:
-            f.write(json.dumps(row) + "\n")
+        if self.writer:
+            with self.weights_path.open("a") as f:
+                f.write(json.dumps(row) + "\n")
 
     def write_text(self, name: str, text: str) -> None:
-        (self.path / name).write_text(text.rstrip("\n") + "\n")
+        if self.writer:
+            (self.path / name).write_text(text.rstrip("\n") + "\n")
 
     def write_summary(self, summary: dict[str, Any]) -> None:
-        (self.path / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-
-    def save_checkpoint(self, state: dict[str, Any]) -> None:
-        tmp = self.path / "checkpoint.pt.tmp"
-        torch.save(state, tmp)
-        tmp.replace(self.path / "checkpoint.pt")
+        self.write_text("summary.json", json.dumps(summary, indent=2))
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:

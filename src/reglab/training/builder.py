@@ -1,0 +1,206 @@
+"""Building a run from its config: device, seeds, data, model, precision, regularization and
+optimizer, in one :class:`Setup` that the loop runs. Nothing here trains.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import os
+import random
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+import reglab
+from reglab.config import TrainConfig
+from reglab.data import CIFAR10, load_cifar10
+from reglab.data.pipeline import BatchPipeline
+from reglab.errors import ConfigError
+from reglab.models import MODELS, create_model
+from reglab.regularization import Regularization, build_regularization
+from reglab.regularization.audit import AuditResult, audit_regularization
+from reglab.regularization.diagnostics import bn_followed_weights
+from reglab.training import distributed
+from reglab.training.distributed import DistInfo
+from reglab.training.optim import build_optimizer, lr_at
+from reglab.training.precision import Precision, cpu_flags, cpu_model, resolve_precision
+from reglab.training.step import train_step
+
+
+@dataclass
+class Setup:
+    """A run ready to go: what the loop needs, decided before the first step."""
+
+    cfg: TrainConfig
+    device: torch.device
+    dist: DistInfo
+    data: CIFAR10
+    pipeline: BatchPipeline
+    model: nn.Module  # the network whose parameters are trained (unwrapped)
+    forward: nn.Module  # what the step calls: the model, or its DDP / compiled wrapper
+    reg: Regularization
+    optimizer: torch.optim.Optimizer
+    precision: Precision
+    steps: int  # optimizer updates in the whole run
+    model_label: str  # cfg.model, or the class name of a network given to build()
+    scaler: torch.amp.GradScaler | None = None  # fp16's loss scaler
+
+    def lr(self, step: int) -> float:
+        c = self.cfg
+        return lr_at(step, self.steps, c.lr, c.schedule, c.warmup_steps, c.lr_milestones,
+                     c.lr_gamma)  # fmt: skip
+
+    @property
+    def parameters(self) -> int:
+        return sum(p.numel() for p in self.model.parameters())
+
+
+def total_steps(cfg: TrainConfig, steps_per_epoch: int) -> int:
+    """``steps``, or ``epochs`` x steps per epoch (floor(train images / batch)) rounded up."""
+    if cfg.epochs is None:
+        return cfg.steps
+    return max(1, math.ceil(cfg.epochs * steps_per_epoch))
+
+
+def seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
+
+
+def make_model(cfg: TrainConfig, num_classes: int) -> nn.Module:
+    """The registered network ``cfg.model`` (``verbose`` passed where the network takes it)."""
+    kwargs: dict[str, Any] = {"num_classes": num_classes, "dropout": cfg.dropout,
+                              "block_dropout": cfg.block_dropout}  # fmt: skip
+    constructor = MODELS[cfg.model].constructor
+    if cfg.verbose and "verbose" in inspect.signature(constructor).parameters:
+        kwargs["verbose"] = True
+    return create_model(cfg.model, **kwargs)
+
+
+def build(
+    cfg: TrainConfig,
+    data: CIFAR10 | None = None,
+    model: nn.Module | None = None,
+    dist: DistInfo | None = None,
+) -> Setup:
+    """Everything a run of ``cfg`` needs. ``model``: train this network instead of the registered
+    ``cfg.model`` (any nn.Module taking NCHW float batches and returning logits)."""
+    dist = dist or DistInfo()
+    device = distributed.device_for(dist, cfg.device)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    seed_everything(cfg.seed)
+    precision = resolve_precision(cfg.precision, device)
+
+    if data is None:
+        data = load_cifar10(cfg.data_dir, holdout=cfg.holdout, train_limit=cfg.train_limit)
+    if cfg.batch_size % dist.world_size:
+        raise ConfigError(f"--batch-size {cfg.batch_size} (per process) times --nproc-per-node "
+                          "is the global batch; it must split evenly")  # fmt: skip
+    pipeline = BatchPipeline(
+        data.train_images, data.train_labels, cfg.batch_size * dist.world_size, cfg.image_size,
+        augment=cfg.augment, device=device, seed=cfg.seed, channels_last=cfg.channels_last,
+        normalization=cfg.normalization, shard=(dist.rank, dist.world_size),
+    )  # fmt: skip
+    if pipeline.steps_per_epoch < 1:
+        raise ConfigError(f"{len(data.train_images)} training images make no batch of "
+                          f"{pipeline.batch_size}: lower --batch-size")  # fmt: skip
+    steps = total_steps(cfg, pipeline.steps_per_epoch)
+
+    label = cfg.model if model is None else type(model).__name__
+    if model is None:
+        model = make_model(cfg, len(data.classes))
+    model = model.to(device, memory_format=torch.channels_last if cfg.channels_last else None)
+    if hasattr(model, "init_from_data"):  # e.g. airbench's whitening layer, from 5,000 images
+        model.init_from_data(pipeline.prepare(pipeline.images[:5000]))
+    if dist.enabled and cfg.sync_bn:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    forward: nn.Module = model
+    if dist.enabled:
+        ids = [device.index] if device.type == "cuda" else None
+        forward = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    if cfg.compile:
+        forward = torch.compile(forward)
+
+    reg = build_regularization(cfg, model)  # decided in one place, printed before training
+    optimizer = build_optimizer(
+        cfg.optimizer, [p for p in model.parameters() if p.requires_grad], cfg.lr, cfg.momentum
+    )
+    return Setup(cfg, device, dist, data, pipeline, model, forward, reg, optimizer, precision,
+                 steps, label, precision.scaler())  # fmt: skip
+
+
+def audit_first_step(setup: Setup, x: torch.Tensor, y: torch.Tensor) -> AuditResult:
+    """The audit of the plan on this batch, at the first step's learning rate (on copies)."""
+    setup.model.train()
+    return audit_regularization(setup.model, setup.reg, setup.optimizer, x, y, setup.lr(0),
+                                train_step, setup.cfg.label_smoothing)  # fmt: skip
+
+
+def audit_run(
+    cfg: TrainConfig, data: CIFAR10 | None = None, images: int = 32
+) -> tuple[str, AuditResult]:
+    """``reglab audit``: build the run ``cfg`` describes and audit one step on the first
+    ``images`` training images of ``data``, or on random images when ``data`` is None (no data
+    set needed). Returns (the regularization table, the result)."""
+    n = max(2, min(images, cfg.batch_size))
+    if data is None:
+        g = torch.Generator().manual_seed(cfg.seed)
+        images_ = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g)
+        labels = torch.randint(0, 10, (n,), generator=g)
+        data = CIFAR10(images_, labels, images_[:1], labels[:1], "none", Path("."))
+    setup = build(cfg.replace(batch_size=n, train_limit=None), data=data)
+    x, y = setup.pipeline.next_batch()
+    return setup.reg.table(setup.model), audit_first_step(setup, x, y)
+
+
+CPU_FEATURES = {"avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "fma"}
+
+
+def environment(setup: Setup) -> dict[str, Any]:
+    """What is needed to reproduce the run: versions, commit, device, CPU features, threads."""
+    device = setup.device
+    env: dict[str, Any] = {
+        "reglab": reglab.__version__,
+        "git_commit": git_commit(),
+        "torch": torch.__version__,
+        "device": str(device),
+        "device_name": (
+            torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model()
+        ),
+        "threads": torch.get_num_threads(),
+        "precision": setup.precision.name,
+        "precision_reason": setup.precision.reason,
+        "cpu_features": sorted(cpu_flags() & CPU_FEATURES),
+        "world_size": setup.dist.world_size,
+        "backend": setup.dist.backend,
+    }
+    return env
+
+
+def git_commit() -> str | None:
+    """The commit of reglab's source when it runs from a git checkout, else None."""
+    root = Path(__file__).resolve().parents[3]
+    if not (root / ".git").exists():
+        return None
+    try:
+        out = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
+                             text=True, timeout=5, env={**os.environ, "GIT_OPTIONAL_LOCKS": "0"})
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if out.returncode != 0:
+        return None
+    status = ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"]
+    dirty = subprocess.run(status, capture_output=True, text=True, timeout=5).stdout.strip()
+    return out.stdout.strip() + ("-dirty" if dirty else "")
+
+
+def bn_weights(setup: Setup) -> list[str]:
+    return bn_followed_weights(setup.model)
