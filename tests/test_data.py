@@ -311,21 +311,15 @@ def test_source_names_no_machine_path_nor_unofficial_file():
 
 
 @pytest.fixture(scope="module")
-def archive_file(tmp_path_factory, real_bin_dir) -> Path:
+def archive(tmp_path_factory, real_bin_dir) -> tuple[str, str]:
     """The real batches and the stand-in test_batch.bin packed like the official archive (but
-    not compressed, to be quick)."""
+    not compressed, to be quick), as ``load_cifar10(archive=...)`` takes it: (file:// url, md5)."""
     path = tmp_path_factory.mktemp("served") / ARCHIVE_NAME
     with tarfile.open(path, "w:gz", compresslevel=0) as tar:
         for name in (*TRAIN_BIN, "test_batch.bin"):
             source = real_bin_dir / ("data_batch_5.bin" if name == "test_batch.bin" else name)
             tar.add(source, arcname=f"{BIN_DIR}/{name}")
-    return path
-
-
-@pytest.fixture(scope="module")
-def archive(archive_file) -> tuple[str, str]:
-    """``archive_file`` as ``load_cifar10(archive=...)`` takes it: (file:// url, md5)."""
-    return archive_file.as_uri(), _md5(archive_file)
+    return path.as_uri(), _md5(path)
 
 
 def test_download_when_absent(tmp_path, archive, batches):
@@ -338,22 +332,26 @@ def test_download_when_absent(tmp_path, archive, batches):
                               f"{BIN_DIR}/test_batch.bin"])  # fmt: skip
 
 
-def test_local_archive_fills_gaps_without_overwriting(
-    tmp_path, real_bin_dir, archive_file, archive
-):
-    root = link_cifar10(real_bin_dir, tmp_path / "mine")  # no test_batch.bin
+def test_download_fills_gaps_without_overwriting(tmp_path, real_bin_dir, archive):
+    root = link_cifar10(real_bin_dir, tmp_path / "mine")
+    (root / "data_batch_5.bin").unlink()
     (root / "notes.txt").write_text("mine")
-    (root / ARCHIVE_NAME).symlink_to(archive_file)  # kept from a download, or put there by hand
     before = {p.name: p.lstat() for p in root.iterdir()}
-    no_network = (f"http://127.0.0.1:{_closed_port()}/{ARCHIVE_NAME}", archive[1])
-    data = load_cifar10(root, train_limit=1, archive=no_network, md5=stand_in_md5())
-    assert data.source == root and data.val_split == "test"
-    assert sorted(p.name for p in root.iterdir()) == sorted([*before, "test_batch.bin"])
+    data = load_cifar10(root, holdout=N, train_limit=1, archive=archive)
+    assert data.source == root
+    added = [ARCHIVE_NAME, "data_batch_5.bin", "test_batch.bin"]  # the archive is kept
+    assert sorted(p.name for p in root.iterdir()) == sorted([*before, *added])
     for name, stat in before.items():
         after = (root / name).lstat()
         assert (after.st_ino, after.st_mode, after.st_mtime_ns) == (
             stat.st_ino, stat.st_mode, stat.st_mtime_ns)  # fmt: skip
     assert (root / "notes.txt").read_text() == "mine"
+    # The kept archive serves later runs without the network; the test set alone is never a
+    # reason to download, but is taken from an archive that is there.
+    (root / "test_batch.bin").unlink()
+    no_network = (f"http://127.0.0.1:{_closed_port()}/{ARCHIVE_NAME}", archive[1])
+    data = load_cifar10(root, train_limit=1, archive=no_network, md5=stand_in_md5())
+    assert data.val_split == "test" and (root / "test_batch.bin").is_file()
 
 
 @pytest.fixture(scope="module")
