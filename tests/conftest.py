@@ -1,24 +1,21 @@
-"""Shared pytest fixtures: the real CIFAR-10 folder (or a skip), tiny fake CIFAR-10 files, and a
-throwaway PostgreSQL server (or a skip)."""
+"""Shared pytest fixtures: the real CIFAR-10 folder (or a skip), data dirs linked to it, synthetic
+in-memory CIFAR-10, and a throwaway PostgreSQL server (or a skip)."""
 
 from __future__ import annotations
 
 import contextlib
 import glob
-import hashlib
 import os
-import pickle
 import re
 import secrets
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -55,73 +52,37 @@ def real_data_dir() -> Path:
     )
 
 
-@dataclass
-class FakeCifar:
-    """What ``fake_cifar`` wrote. Images are uint8 NCHW, labels int64, in file order."""
-
-    root: Path  # the data dir to pass to load_cifar10
-    folder: Path  # the folder holding the batch files (root or a cifar-10-batches-* subfolder)
-    layout: str  # "bin" or "py"
-    train_images: np.ndarray
-    train_labels: np.ndarray
-    test_images: np.ndarray
-    test_labels: np.ndarray
-    md5: dict[str, str]  # file name -> md5 of what was written
-
-    def path(self, i: int | str) -> Path:
-        """Training batch ``i`` (1..5) or ``"test"`` as a path in this layout."""
-        stem = "test_batch" if i == "test" else f"data_batch_{i}"
-        return self.folder / (stem + (".bin" if self.layout == "bin" else ""))
+TRAIN_BIN = tuple(f"data_batch_{i}.bin" for i in range(1, 6))
 
 
-def write_fake_cifar(
-    folder: Path,
-    layout: str = "bin",
-    n_per_batch: int = 20,
-    n_test: int = 10,
-    test: bool = True,
-    seed: int = 0,
-) -> tuple[dict[str, str], np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Write 5 tiny training batches (+ a test batch) in the official ``layout``.
+@pytest.fixture(scope="session")
+def real_bin_dir(real_data_dir: Path) -> Path:
+    """The folder holding the real binary batches data_batch_1.bin..data_batch_5.bin."""
+    for folder in (real_data_dir, real_data_dir / "cifar-10-batches-bin"):
+        if all((folder / name).is_file() for name in TRAIN_BIN):
+            return folder
+    pytest.skip(f"{real_data_dir} holds only the python version of CIFAR-10, not the binary one")
 
-    Returns ``(md5 by file name, train_images, train_labels, test_images, test_labels)``.
-    Binary records: 1 label byte then 3072 pixel bytes (R plane, G plane, B plane, rows of 32);
-    python batches: pickled dicts with ``b"data"`` (n, 3072) uint8 and ``b"labels"`` list.
-    """
-    rng = np.random.default_rng(seed)
+
+def stand_in_md5() -> dict[str, str]:
+    """The official MD5 table, except that test_batch.bin is expected to hold data_batch_5.bin's
+    bytes: the stand-in test set of ``link_cifar10`` (the project machines have no official
+    test_batch.bin). Pass it as ``load_cifar10(..., md5=stand_in_md5())``."""
+    from reglab.data import BINARY_MD5
+
+    return {**BINARY_MD5, "test_batch.bin": BINARY_MD5["data_batch_5.bin"]}
+
+
+def link_cifar10(real_bin: Path, folder: Path, test: bool = False) -> Path:
+    """Symlink the real data_batch_1.bin..data_batch_5.bin of ``real_bin`` into ``folder`` (made
+    if needed); with ``test``, also a stand-in test_batch.bin, a link to data_batch_5.bin that
+    loads with ``md5=stand_in_md5()``. Returns ``folder``."""
     folder.mkdir(parents=True, exist_ok=True)
-    md5: dict[str, str] = {}
-    sizes = [n_per_batch] * 5 + ([n_test] if test else [])
-    stems = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
-    parts = []
-    for stem, n in zip(stems, sizes):
-        images = rng.integers(0, 256, size=(n, 3, 32, 32), dtype=np.uint8)
-        labels = rng.integers(0, 10, size=n).astype(np.int64)
-        parts.append((images, labels))
-        if layout == "bin":
-            name = stem + ".bin"
-            records = np.empty((n, 3073), dtype=np.uint8)
-            records[:, 0] = labels
-            records[:, 1:] = images.reshape(n, -1)
-            payload = records.tobytes()
-        else:
-            name = stem
-            batch = {
-                b"batch_label": stem.encode(),
-                b"labels": labels.tolist(),
-                b"data": images.reshape(n, -1),
-                b"filenames": [f"{stem}_{j}.png".encode() for j in range(n)],
-            }
-            payload = pickle.dumps(batch, protocol=2)
-        (folder / name).write_bytes(payload)
-        md5[name] = hashlib.md5(payload).hexdigest()
-    train_x = np.concatenate([p[0] for p in parts[:5]])
-    train_y = np.concatenate([p[1] for p in parts[:5]])
+    for name in TRAIN_BIN:
+        (folder / name).symlink_to(real_bin / name)
     if test:
-        test_x, test_y = parts[5]
-    else:
-        test_x, test_y = np.empty((0, 3, 32, 32), np.uint8), np.empty(0, np.int64)
-    return md5, train_x, train_y, test_x, test_y
+        (folder / "test_batch.bin").symlink_to(real_bin / "data_batch_5.bin")
+    return folder
 
 
 def synthetic_cifar(n_train: int = 64, n_val: int = 32, seed: int = 0):
@@ -142,20 +103,33 @@ def synthetic_cifar(n_train: int = 64, n_val: int = 32, seed: int = 0):
 
 
 @pytest.fixture
-def fake_cifar(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[..., FakeCifar]:
-    """Factory: ``fake_cifar(layout="bin", sub=None, **write_fake_cifar kwargs)`` writes tiny
-    fake batches under ``tmp_path/"data"`` (in subfolder ``sub`` if given) and patches the
-    loader's MD5 tables to their md5s, so they load as if official."""
+def cifar_dir(
+    tmp_path: Path, real_bin_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> Callable[..., Path]:
+    """Factory for in-process CLI runs: ``cifar_dir(test=False, n_test=30)`` makes a data dir of
+    links to the real training batches (``link_cifar10``). With ``test`` it adds the stand-in
+    test_batch.bin and replaces ``load_cifar10`` wherever reglab has imported it by a wrapper
+    that accepts the stand-in (``md5=stand_in_md5()``) and keeps only its first ``n_test``
+    images, so that an evaluation on "the test set" stays quick."""
     from reglab.data import cifar10
 
-    def make(layout: str = "bin", sub: str | None = None, **kwargs) -> FakeCifar:
-        root = tmp_path / "data"
-        folder = root / sub if sub else root
-        md5, train_x, train_y, test_x, test_y = write_fake_cifar(folder, layout, **kwargs)
-        table = cifar10.BINARY_MD5 if layout == "bin" else cifar10.PYTHON_MD5
-        for name, digest in md5.items():
-            monkeypatch.setitem(table, name, digest)
-        return FakeCifar(root, folder, layout, train_x, train_y, test_x, test_y, md5)
+    def make(test: bool = False, n_test: int = 30) -> Path:
+        folder = link_cifar10(real_bin_dir, tmp_path / "data", test=test)
+        if not test:
+            return folder
+        original = cifar10.load_cifar10
+
+        def load(*args, **kwargs):
+            data = original(*args, **{"md5": stand_in_md5(), **kwargs})
+            if data.val_split == "test":
+                data.val_images = data.val_images[:n_test]
+                data.val_labels = data.val_labels[:n_test]
+            return data
+
+        for name, module in list(sys.modules.items()):
+            if name.startswith("reglab") and getattr(module, "load_cifar10", None) is original:
+                monkeypatch.setattr(module, "load_cifar10", load)
+        return folder
 
     return make
 

@@ -3,9 +3,10 @@ duplicates), resuming after a kill, two workers on one study, holdout-only selec
 and a study in PostgreSQL shared by the workers of two "machines".
 
 Training runs are tiny (300 images, 4 steps of 50, 200 holdout images, one thread): they check
-the plumbing, not the accuracy. Real-data tests skip when CIFAR-10 is absent; --final uses fake
-data files. The bookkeeping tests run on SQLite and on PostgreSQL (the ``postgres_url`` fixture:
-a throwaway local server, or $REGLAB_TEST_POSTGRES_URL; skipped without either).
+the plumbing, not the accuracy. Real-data tests skip when CIFAR-10 is absent; --final uses a
+stand-in test set (``cifar_dir`` in conftest.py). The bookkeeping tests run on SQLite and on
+PostgreSQL (the ``postgres_url`` fixture: a throwaway local server, or
+$REGLAB_TEST_POSTGRES_URL; skipped without either).
 """
 
 from __future__ import annotations
@@ -287,11 +288,11 @@ def test_bad_sweeps_are_refused_before_anything_runs(capsys, tmp_path, extra, ne
     assert len(err.strip().splitlines()) == 1 and not sweep.exists()
 
 
-def test_final_without_a_test_set_fails_before_the_sweep(capsys, tmp_path, fake_cifar):
-    fake = fake_cifar(n_per_batch=40, test=False)
+def test_final_without_a_test_set_fails_before_the_sweep(capsys, tmp_path, cifar_dir):
+    data_dir = cifar_dir(test=False)
     sweep = tmp_path / "s"
     code, _, err = run_main(capsys, [
-        "sweep", "--dir", str(sweep), "--data-dir", str(fake.root), *TINY, "--holdout", "50",
+        "sweep", "--dir", str(sweep), "--data-dir", str(data_dir), *TINY, "--holdout", "50",
         "--train-limit", "100", "--grid", "l2=0,1e-3", "--final"])  # fmt: skip
     assert code == 2, err
     assert "--final evaluates the chosen setting once on the official test set" in err
@@ -299,10 +300,10 @@ def test_final_without_a_test_set_fails_before_the_sweep(capsys, tmp_path, fake_
     assert not any((sweep / "trials").iterdir())  # no trial was trained
 
 
-def test_final_retrains_on_all_data_and_tests_once(capsys, tmp_path, fake_cifar):
-    fake = fake_cifar(n_per_batch=40, n_test=30)
+def test_final_retrains_on_all_data_and_tests_once(capsys, tmp_path, cifar_dir):
+    data_dir = cifar_dir(test=True, n_test=30)
     sweep = tmp_path / "s"
-    argv = ["sweep", "--dir", str(sweep), "--data-dir", str(fake.root), *TINY, "--holdout", "50",
+    argv = ["sweep", "--dir", str(sweep), "--data-dir", str(data_dir), *TINY, "--holdout", "50",
             "--train-limit", "150", "--grid", "l2=0,1e-3", "--final"]  # fmt: skip
     code, out, err = run_main(capsys, argv)
     assert code == 0, err
@@ -325,11 +326,11 @@ def test_final_retrains_on_all_data_and_tests_once(capsys, tmp_path, fake_cifar)
     assert "Test set (evaluated once" in page and info["setting"] in page
 
 
-def test_search_draws_in_its_range(capsys, tmp_path, fake_cifar):
-    fake = fake_cifar(n_per_batch=40)
+def test_search_draws_in_its_range(capsys, tmp_path, cifar_dir):
+    data_dir = cifar_dir()
     sweep = tmp_path / "s"
     code, _, err = run_main(capsys, [
-        "sweep", "--dir", str(sweep), "--data-dir", str(fake.root), *TINY, "--holdout", "50",
+        "sweep", "--dir", str(sweep), "--data-dir", str(data_dir), *TINY, "--holdout", "50",
         "--train-limit", "100", "--trials", "3", "--search", "l2=1e-5:1e-2"])  # fmt: skip
     assert code == 0, err
     trials = load(sweep).get_trials(states=(TrialState.COMPLETE,))
