@@ -3,12 +3,16 @@ in headless Chromium with every figure decoded). Runs are written by hand: no tr
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import math
+import os
 import re
+import select
 import shutil
-import subprocess
-import tempfile
+import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -161,20 +165,181 @@ def test_zero_lambda_is_drawn_at_a_marked_position(sweep):
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (apt-get install chromium)")
-def test_page_renders_in_headless_chromium_with_every_figure(sweep):
-    page = write_report([sweep])
-    with tempfile.TemporaryDirectory() as profile:
-        done = subprocess.run(
-            [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu",
+class ChromiumError(Exception):
+    pass
+
+
+class Chromium:
+    """Headless Chromium driven from outside over the DevTools protocol on a pipe
+    (``--remote-debugging-pipe``: it reads NUL-terminated JSON commands on its fd 3 and writes
+    replies and events on its fd 4). Nothing is added to the page under test. Every wait is
+    bounded by one deadline, and the browser's whole process group is killed on exit."""
+
+    FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
              "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             "--no-first-run", f"--user-data-dir={profile}", "--dump-dom",
-             page.resolve().as_uri()],
-            capture_output=True, text=True, timeout=60,
-        )  # fmt: skip
-    body = re.search(r"<body[^>]*>", done.stdout)
-    assert body, done.stderr[-2000:]
-    # the page's own script counts the decoded images (complete, naturalWidth > 0) and errors
-    assert 'data-figures="3/3"' in body.group(0), body.group(0)
-    assert 'data-errors="0"' in body.group(0), body.group(0)
-    assert "Uncaught" not in done.stderr
+             "--remote-debugging-pipe")  # fmt: skip
+
+    def __init__(self, profile: Path, log: Path, timeout: float = 30.0):
+        self.deadline = time.monotonic() + timeout
+        self.log = log
+        self.events: list[dict] = []
+        self._buffer = b""
+        self._next_id = 0
+        to_child, self._to_browser = os.pipe()
+        self._from_browser, from_child = os.pipe()
+        # the child's ends, moved above 9 so that dup2 onto 3 and 4 cannot overwrite one another
+        ends = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10) for fd in (to_child, from_child)]
+        for fd in (to_child, from_child):
+            os.close(fd)
+        argv = [CHROMIUM, *self.FLAGS, f"--user-data-dir={profile}", "about:blank"]
+        redirect = [
+            (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+            (os.POSIX_SPAWN_OPEN, 1, str(log), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600),
+            (os.POSIX_SPAWN_DUP2, 1, 2),
+            (os.POSIX_SPAWN_DUP2, ends[0], 3),
+            (os.POSIX_SPAWN_DUP2, ends[1], 4),
+        ]
+        try:  # in a session of its own: its process group is the browser and its children
+            self.pid = os.posix_spawn(CHROMIUM, argv, os.environ, file_actions=redirect,
+                                      setsid=True)  # fmt: skip
+        except BaseException:
+            os.close(self._to_browser)
+            os.close(self._from_browser)
+            raise
+        finally:
+            for fd in ends:
+                os.close(fd)
+
+    def __enter__(self) -> Chromium:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        try:  # ask it to quit, and give it a moment to do so (its end of the pipe closes)
+            self.deadline = min(self.deadline, time.monotonic() + 3)
+            self._send("Browser.close")
+            while True:
+                self._message()
+        except (OSError, ChromiumError):
+            pass
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.pid, signal.SIGKILL)  # it and its renderers, whatever happened
+            os.waitpid(self.pid, 0)
+            os.close(self._to_browser)
+            os.close(self._from_browser)
+
+    def _send(self, method: str, session: str | None = None, **params) -> int:
+        self._next_id += 1
+        message = {"id": self._next_id, "method": method, "params": params}
+        if session:
+            message["sessionId"] = session
+        os.write(self._to_browser, json.dumps(message).encode() + b"\0")
+        return self._next_id
+
+    def _message(self) -> dict:
+        """The next message from the browser (a reply or an event), within the deadline."""
+        while b"\0" not in self._buffer:
+            left = self.deadline - time.monotonic()
+            if left <= 0 or not select.select([self._from_browser], [], [], left)[0]:
+                raise ChromiumError(f"chromium: no answer in time; its log:\n{self.tail()}")
+            chunk = os.read(self._from_browser, 1 << 20)
+            if not chunk:
+                raise ChromiumError(f"chromium closed the pipe (exited?); its log:\n{self.tail()}")
+            self._buffer += chunk
+        raw, self._buffer = self._buffer.split(b"\0", 1)
+        return json.loads(raw)
+
+    def call(self, method: str, session: str | None = None, **params) -> dict:
+        """Send a command and return its result; events that arrive meanwhile are kept."""
+        wanted = self._send(method, session, **params)
+        while True:
+            message = self._message()
+            if message.get("id") == wanted:
+                assert "error" not in message, (method, message["error"])
+                return message["result"]
+            self.events.append(message)
+
+    def wait_for(self, method: str, session: str | None = None) -> dict:
+        """Wait for the event ``method`` (of ``session``), kept or still to come."""
+        def match(m: dict) -> bool:
+            return m.get("method") == method and m.get("sessionId") == session
+
+        while not any(match(m) for m in self.events):
+            self.events.append(self._message())
+        return next(m for m in self.events if match(m))
+
+    def tail(self) -> str:
+        return self.log.read_text(errors="replace")[-2000:] if self.log.exists() else ""
+
+
+# Evaluated in the loaded page: every image decoded (decode() resolves and naturalWidth > 0), and
+# the structure a reader sees.
+INSPECT = """
+Promise.all(Array.from(document.images, (img) =>
+  img.decode().then(() => img.naturalWidth, () => 0).then((width) => ({
+    width, complete: img.complete, src: img.getAttribute("src").slice(0, 22) }))
+)).then((images) => ({
+  images,
+  title: document.title,
+  h1: Array.from(document.querySelectorAll("h1"), (h) => h.textContent),
+  h2: Array.from(document.querySelectorAll("h2"), (h) => h.textContent),
+  tables: Array.from(document.querySelectorAll("table"), (t) => t.tBodies[0].rows.length),
+  scripts: document.scripts.length,
+}))
+"""
+
+
+def _problems(events: list[dict], session: str) -> list[str]:
+    """JS exceptions, console and browser-log errors, failed loads, and requests for anything
+    but the page itself and its data: URLs, reported by the browser for ``session``."""
+    found = []
+    for e in events:
+        method, params = e.get("method"), e.get("params", {})
+        if e.get("sessionId") != session:
+            continue
+        if method == "Runtime.exceptionThrown":
+            found.append(f"exception: {params['exceptionDetails']}")
+        elif method == "Runtime.consoleAPICalled" and params["type"] in ("error", "assert"):
+            found.append(f"console.{params['type']}: {params['args']}")
+        elif method == "Log.entryAdded" and params["entry"]["level"] == "error":
+            found.append(f"log: {params['entry']}")
+        elif method == "Network.loadingFailed":
+            found.append(f"load failed: {params}")
+        elif method == "Network.requestWillBeSent":
+            url = params["request"]["url"]
+            if not url.startswith(("file:", "data:")):
+                found.append(f"request: {url[:200]}")
+    return found
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (apt-get install chromium)")
+def test_page_renders_in_headless_chromium_with_every_figure(sweep, tmp_path):
+    """The page as a user gets it, opened in headless Chromium and inspected from outside over
+    the DevTools protocol: it loads, every figure decodes, no errors, the expected sections."""
+    page = write_report([sweep])
+    with Chromium(tmp_path / "profile", tmp_path / "chromium.log") as browser:
+        target = browser.call("Target.createTarget", url="about:blank")["targetId"]
+        session = browser.call("Target.attachToTarget", targetId=target,
+                               flatten=True)["sessionId"]  # fmt: skip
+        for domain in ("Page", "Runtime", "Log", "Network"):
+            browser.call(f"{domain}.enable", session)
+        nav = browser.call("Page.navigate", session, url=page.resolve().as_uri())
+        assert "errorText" not in nav, nav
+        browser.wait_for("Page.loadEventFired", session)
+        seen = browser.call("Runtime.evaluate", session, expression=INSPECT, awaitPromise=True,
+                            returnByValue=True)  # fmt: skip
+        assert "exceptionDetails" not in seen, seen["exceptionDetails"]
+        seen = seen["result"]["value"]
+        assert _problems(browser.events, session) == []
+    images = seen["images"]
+    assert len(images) == 3, images  # curves, accuracy against λ, weight norms
+    for img in images:
+        assert img["complete"] and img["width"] > 0, img
+        assert img["src"] == "data:image/png;base64,", img
+    title = "reglab report: l2-sweep"
+    assert seen["title"] == title and seen["h1"] == [title]  # the title is just the title
+    assert seen["scripts"] == 0  # nothing for tests (or anything else) runs in the page
+    assert seen["h2"] == ["Recommendation", "Test set (evaluated once, by --final)",
+                          "Settings, by holdout accuracy", "Figures", "Runs",
+                          "Not counted as results", "Conventions"]  # fmt: skip
+    assert seen["tables"] == [1, 4, 9]  # the --final result, the settings, the runs

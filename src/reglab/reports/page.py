@@ -1,7 +1,7 @@
 """``reglab report``: figures (PNG) and one self-contained HTML page for runs and sweeps.
 
     OUT/report.html           the page; its figures are embedded (base64 PNG), so the file alone
-                              can be mailed or attached
+                              can be mailed or attached; it runs no script
     OUT/figures/curves.png    loss and accuracy over steps, runs coloured by λ
     OUT/figures/accuracy.png  final / best validation accuracy and the train - validation gap
                               against λ (mean ± std over seeds; λ = 0 at a marked position)
@@ -39,23 +39,6 @@ figcaption { font-size: 13px; color: #555; }
 .verdict-undecided { border-left: 4px solid #d52; padding-left: .7em; }
 code { background: #f6f6f6; padding: 0 3px; }
 """
-
-# Counts the figures that decoded and the errors, on the page itself (for a headless browser
-# check: body[data-figures="4/4"][data-errors="0"]).
-CHECK_SCRIPT = """
-(function () {
-  var errors = 0;
-  window.addEventListener('error', function () { errors += 1; }, true);
-  window.addEventListener('load', function () {
-    var images = Array.prototype.slice.call(document.images);
-    var ok = images.filter(function (i) { return i.complete && i.naturalWidth > 0; }).length;
-    document.body.setAttribute('data-figures', ok + '/' + images.length);
-    document.body.setAttribute('data-errors', String(errors));
-    document.title += ' [' + ok + '/' + images.length + ' figures]';
-  });
-})();
-"""
-
 
 def esc(x: Any) -> str:
     return html.escape(str(x), quote=True)
@@ -233,8 +216,8 @@ def write_report(dirs: Sequence[str | Path], out: str | Path | None = None,
                  "evaluation.</li></ul>")  # fmt: skip
 
     page = (f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
-            f"<title>{esc(title)}</title><style>{STYLE}</style>"
-            f"<script>{CHECK_SCRIPT}</script></head>\n<body>\n" + "\n".join(parts)
+            f"<title>{esc(title)}</title><style>{STYLE}</style></head>\n<body>\n"
+            + "\n".join(parts)
             + "\n</body></html>\n")  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
     path = out / "report.html"
