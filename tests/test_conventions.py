@@ -96,14 +96,15 @@ def default_names(model: nn.Module) -> set[str]:
 
 def reglab_grads(model: nn.Module, cfg: TrainConfig, x, y, lr: float = 0.125):
     """The gradient reglab hands to the optimizer (docs: "The step"): backward of
-    data loss + plan.penalty(), then plan.before_step(lr). Returns (grads by name, penalty)."""
+    data loss + plan.loss_term(), then plan.before_step(lr) (where the closed-form penalty
+    gradients are added). Returns (grads by name, the penalty's value)."""
     plan = build_regularization(cfg, model)
     model.zero_grad(set_to_none=True)
     loss = F.cross_entropy(model(x), y)
-    penalty = plan.penalty()
-    (loss if penalty is None else loss + penalty).backward()
+    term = plan.loss_term()
+    (loss if term is None else loss + term).backward()
     plan.before_step(lr)
-    return {n: p.grad.detach().clone() for n, p in model.named_parameters()}, penalty
+    return {n: p.grad.detach().clone() for n, p in model.named_parameters()}, plan.penalty()
 
 
 def data_grads(model: nn.Module, x, y) -> dict[str, torch.Tensor]:

@@ -100,7 +100,7 @@ def sample_rows() -> list[dict]:
 
 def write_run(path: Path, rows: list[dict], **log_kw) -> TensorBoardLog:
     """Rows through RunDir (metrics.jsonl) and TensorBoardLog, as the loop does."""
-    run = RunDir(path, overwrite=True)
+    run = RunDir(path, mode="overwrite")
     tb = TensorBoardLog(run.path, **log_kw)
     for row in rows:
         run.log(row)
@@ -377,9 +377,12 @@ def test_export_of_a_real_run_dir(tmp_path, tb_readers):
     fields = TrainConfig.__dataclass_fields__
     cfg = TrainConfig(**{k: v for k, v in settings.items() if k in fields}).validate()
     run = RunDir(tmp_path / "run")
-    train(cfg, run, synthetic_cifar(n_train=16, n_val=16), quiet=True)
+    train(cfg, run_dir=run, data=synthetic_cifar(n_train=16, n_val=16), quiet=True)
 
-    assert export_run(run.path) == run.path / "metrics.csv"
+    assert (run.path / "metrics.csv").is_file()  # the loop wrote events and the CSV itself
+    written = (run.path / "metrics.csv").read_text()
+    assert export_run(run.path) == run.path / "metrics.csv"  # an old run's export: the same
+    assert (run.path / "metrics.csv").read_text() == written
     rows = read_metrics(run.path)
     acc = accumulate(run.path, tb_readers)
     for row in rows:

@@ -98,7 +98,7 @@ class Regularization:
     def penalty(self) -> torch.Tensor | None:
         """Σ of every penalty term's value (for the logs; applied or not)."""
         terms = [t for r in self.regularizers if (t := r.penalty()) is not None]
-        return torch.stack([t.float() for t in terms]).sum() if terms else None
+        return torch.stack(terms).sum() if terms else None
 
     def loss_term(self) -> torch.Tensor | None:
         """What to add to the minimised loss (penalties without a closed-form gradient)."""

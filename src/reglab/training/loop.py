@@ -32,6 +32,12 @@ from reglab.training.checkpoint import capture_rng, load_latest, restore_rng, sa
 from reglab.training.distributed import DistInfo
 from reglab.training.rundir import RunDir
 from reglab.training.step import evaluate, train_step
+from reglab.training.tensorboard_log import (
+    TensorBoardLog,
+    config_hparams,
+    metrics_csv,
+    summary_metrics,
+)
 
 DEFAULT_CHECKPOINT_SECONDS = 300.0  # without --checkpoint-every: about every 5 minutes of work
 
@@ -157,7 +163,6 @@ def run(
     cfg, dist, device, pipe = setup.cfg, setup.dist, setup.device, setup.pipeline
     main = dist.is_main
     say = Printer(setup.steps, enabled=not quiet and main)
-    autocast, scaler = setup.precision.autocast(), setup.scaler
 
     # resume: every piece of state the rest of the run depends on, from the newest valid one
     progress = Progress()
@@ -177,9 +182,46 @@ def run(
         + (f"; resumed at step {progress.step}" if progress.step else ""))  # fmt: skip
     table = setup.reg.table(setup.model)
     say(table)
-    if run_dir is not None and main and not progress.step:
-        run_dir.write_config(cfg.to_dict())
-        run_dir.write_text("regularization.txt", table)
+    tb = None
+    if run_dir is not None and main:
+        run_dir.write_config(cfg.to_dict())  # a resumed run: its system settings may differ
+        tb = TensorBoardLog(run_dir.path, enabled=cfg.tensorboard,
+                            resume_step=progress.step or None, say=say)  # fmt: skip
+        if not progress.step:
+            run_dir.write_text("regularization.txt", table)
+            tb.text("config", cfg.to_dict())
+            tb.text("regularization", table)
+    try:
+        result = run_steps(setup, run_dir, progress, say, tb, on_validation)
+        if tb is not None:  # the HParams tab compares runs by their settings
+            tb.hparams(config_hparams(cfg.to_dict()), summary_metrics(result.summary()))
+    finally:
+        say.close()
+        if tb is not None:
+            tb.close()
+    if run_dir is not None and main:
+        run_dir.write_summary(result.summary())
+        metrics_csv(run_dir.path)
+        say(f"[summary]: run directory {run_dir.path}")
+    say(f"[summary]: {result.steps:,} steps in {result.total_seconds:.1f} s "
+        f"({result.images_per_second:.0f} images/s); {result.val_split} acc = "
+        f"{result.final_val_acc:.4f} (best {result.best_val_acc:.4f} at step "
+        f"{result.best_val_step})")  # fmt: skip
+    return result
+
+
+def run_steps(
+    setup: Setup,
+    run_dir: RunDir | None,
+    progress: Progress,
+    say: Printer,
+    tb: TensorBoardLog | None,
+    on_validation: Callable[[int, dict[str, Any]], None] | None,
+) -> RunResult:
+    """The steps, from ``progress.step`` to the end: logs, validations, checkpoints."""
+    cfg, dist, device, pipe = setup.cfg, setup.dist, setup.device, setup.pipeline
+    main = dist.is_main
+    autocast, scaler = setup.precision.autocast(), setup.scaler
 
     bn_followed = bn_followed_weights(setup.model)  # for the effective-learning-rate diagnostic
     guard = "skip-step" if cfg.on_nonfinite == "skip-step" else "stop"
@@ -196,6 +238,8 @@ def run(
         progress.history.append(row)
         if run_dir is not None:
             run_dir.log(row)
+        if tb is not None:
+            tb.row(row)
 
     def check_finite(step: int, x: torch.Tensor, out) -> None:
         if not distributed.all_finite(dist, finite):
@@ -304,16 +348,7 @@ def run(
                 save_checkpoint(run_dir.checkpoint_dir, done, checkpoint_state(setup, progress))
             last_checkpoint = time.perf_counter()
 
-    say.close()
-    result = make_result(setup, progress, time.perf_counter() - started)
-    if run_dir is not None and main:
-        run_dir.write_summary(result.summary())
-        say(f"[summary]: run directory {run_dir.path}")
-    say(f"[summary]: {result.steps:,} steps in {result.total_seconds:.1f} s "
-        f"({result.images_per_second:.0f} images/s); {result.val_split} acc = "
-        f"{result.final_val_acc:.4f} (best {result.best_val_acc:.4f} at step "
-        f"{result.best_val_step})")  # fmt: skip
-    return result
+    return make_result(setup, progress, time.perf_counter() - started)
 
 
 def fmt_duration(seconds: float) -> str:
