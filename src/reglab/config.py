@@ -538,6 +538,33 @@ def build_config(
     return TrainConfig(**values).validate()
 
 
+def canonical(value: Any) -> str:
+    """A setting value as canonical text, for sweep keys and labels: floats by their shortest
+    round-trip form (1e-4 -> 0.0001), lists of rules joined by '+', tuples by ','."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "none"
+    if isinstance(value, float):
+        return f"{value:.12g}"
+    if isinstance(value, list):
+        return "+".join(canonical(v) for v in value)
+    if isinstance(value, tuple):
+        return ",".join(canonical(v) for v in value)
+    return str(value)
+
+
+def setting_label(values: dict[str, Any]) -> str:
+    """'l2=0.0001 lr=0.1' for settings' values, the seed left out ('base' when none differ)."""
+    items = [f"{k}={canonical(v)}" for k, v in values.items() if k != "seed"]
+    return " ".join(items) or "base"
+
+
+def experiment_settings() -> list[str]:
+    """Names of the settings that change what a run learns or measures."""
+    return [s.name for s in SETTINGS.values() if s.kind == "experiment"]
+
+
 # --------------------------------------------------------------------------------------------
 # The docs' table.
 

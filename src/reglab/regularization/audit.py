@@ -220,7 +220,7 @@ def audit_regularization(
                 diff = with_[n] - without[n]
                 floor = noise * without[n].norm().item() + 1e-30
                 if n in scope:
-                    expected = r.expected_change(acts_on[n], lr)
+                    expected = r.expected_change(acts_on[n], lr, n)
                     err, size = (diff - expected).norm().item(), expected.norm().item()
                     if size > floor:
                         f.checkable = True

@@ -17,9 +17,10 @@ gradient as backward through the penalty (the audit checks it on the first step 
 
 ``stage`` names where the audit compares a step with and without the regularizer: "gradient"
 (p.grad just before optimizer.step()), "update" (p just after it) or "final" (p after
-after_step); ``expected_change(w, lr)`` is what the formula says the difference there must be,
-``w`` being the weights the method acts on: before the step for "gradient", just before
-optimizer.step() for "update" (so that two decays on one tensor compose), after it for "final".
+after_step); ``expected_change(w, lr, name)`` is what the formula says the difference there
+must be, ``w`` being the weights of parameter ``name`` where the method acts: before the step
+for "gradient", just before optimizer.step() for "update" (so that two decays on one tensor
+compose), after it for "final".
 Parameters without a gradient in a step are skipped, as torch.optim skips them.
 
 A new method is a subclass with ``name``, ``stage``, ``convention`` and ``formula``, decorated
@@ -96,9 +97,9 @@ class Regularizer:
     def after_step(self, lr: float) -> None:
         """Called after optimizer.step()."""
 
-    def expected_change(self, w: torch.Tensor, lr: float) -> torch.Tensor:
-        """What this regularizer changes at ``stage`` in a parameter whose weights were ``w``
-        where it acts (see the module docstring); the audit checks it."""
+    def expected_change(self, w: torch.Tensor, lr: float, name: str) -> torch.Tensor:
+        """What this regularizer changes at ``stage`` in parameter ``name`` whose weights were
+        ``w`` where it acts (see the module docstring); the audit checks it."""
         raise NotImplementedError(f"{type(self).__name__} states no formula the audit can check")
 
     def state_dict(self) -> dict[str, Any]:
@@ -162,7 +163,7 @@ class L2Penalty(Regularizer):
         weights, grads = self._grads()
         _add_scaled(grads, weights, 2 * self.coef)
 
-    def expected_change(self, w, lr):
+    def expected_change(self, w, lr, name):
         return 2 * self.coef * w
 
 
@@ -185,7 +186,7 @@ class HalfL2Penalty(Regularizer):
         weights, grads = self._grads()
         _add_scaled(grads, weights, self.coef)
 
-    def expected_change(self, w, lr):
+    def expected_change(self, w, lr, name):
         return self.coef * w
 
 
@@ -208,7 +209,7 @@ class L1Penalty(Regularizer):
         if weights:
             _add_scaled(grads, torch._foreach_sign(weights), self.coef)
 
-    def expected_change(self, w, lr):
+    def expected_change(self, w, lr, name):
         return self.coef * w.sign()
 
 
@@ -228,7 +229,7 @@ class CoupledWeightDecay(Regularizer):
         weights, grads = self._grads()
         _add_scaled(grads, weights, self.coef)
 
-    def expected_change(self, w, lr):
+    def expected_change(self, w, lr, name):
         return self.coef * w
 
 
@@ -249,7 +250,7 @@ class DecoupledWeightDecay(Regularizer):
         if weights:
             torch._foreach_mul_(weights, 1 - lr * self.coef)
 
-    def expected_change(self, w, lr):
+    def expected_change(self, w, lr, name):
         return -lr * self.coef * w
 
 
@@ -291,7 +292,7 @@ class DecayPerStep(Regularizer):
         if weights:
             torch._foreach_mul_(weights, 1 - self.rate)
 
-    def expected_change(self, w, lr):
+    def expected_change(self, w, lr, name):
         return -self.rate * w
 
 
@@ -314,5 +315,5 @@ class ProximalL1(Regularizer):
             if p.grad is not None:
                 p.copy_(soft_threshold(p, lr * self.coef))
 
-    def expected_change(self, w, lr):
+    def expected_change(self, w, lr, name):
         return soft_threshold(w, lr * self.coef) - w

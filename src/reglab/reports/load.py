@@ -6,8 +6,8 @@
     otherwise  the runs and sweeps directly inside the folder
 
 A run's *setting* is what distinguishes it: a sweep trial's swept values (trial.json's params,
-seed apart), or for loose runs the config fields that differ between them (seed and the
-fields about where and how a run executes apart).
+seed apart), or for loose runs the experiment settings (``reglab.config``'s schema) whose values
+differ between them, the seed apart.
 """
 
 from __future__ import annotations
@@ -19,14 +19,8 @@ from typing import Any
 
 import yaml
 
+from reglab.config import experiment_settings, setting_label
 from reglab.sweeps.select import Result
-from reglab.sweeps.space import setting_label
-
-# Config fields that do not change what a run learns (or that are listed on their own).
-NOT_SETTINGS = {
-    "data_dir", "device", "threads", "compile", "channels_last", "verbose", "runs_dir", "name",
-    "overwrite", "eval_batch_size", "log_every", "val_every", "seed", "extra", "audit",
-}  # fmt: skip
 
 
 class ReportError(ValueError):
@@ -163,8 +157,9 @@ def is_sweep(path: Path) -> bool:
 
 
 def _varying(runs: list[Run]) -> list[str]:
-    """Config fields whose values differ between ``runs`` (settings only)."""
-    keys = sorted({k for r in runs for k in r.config} - NOT_SETTINGS)
+    """Experiment settings whose values differ between ``runs`` (the seed apart)."""
+    known = set(experiment_settings()) - {"seed"}
+    keys = [k for k in experiment_settings() if k in known and any(k in r.config for r in runs)]
     out = []
     for k in keys:
         if len({json.dumps(r.config.get(k), sort_keys=True, default=str) for r in runs}) > 1:

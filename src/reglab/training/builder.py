@@ -17,7 +17,6 @@ import numpy as np
 import torch
 from torch import nn
 
-import reglab
 from reglab.config import TrainConfig
 from reglab.data import CIFAR10, load_cifar10
 from reglab.data.pipeline import BatchPipeline
@@ -168,7 +167,7 @@ def environment(setup: Setup) -> dict[str, Any]:
     """What is needed to reproduce the run: versions, commit, device, CPU features, threads."""
     device = setup.device
     env: dict[str, Any] = {
-        "reglab": reglab.__version__,
+        "reglab": reglab_version(),
         "git_commit": git_commit(),
         "torch": torch.__version__,
         "device": str(device),
@@ -183,6 +182,15 @@ def environment(setup: Setup) -> dict[str, Any]:
         "backend": setup.dist.backend,
     }
     return env
+
+
+def reglab_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("reglab")
+    except PackageNotFoundError:  # run from a source tree that was not installed
+        return "unknown"
 
 
 def git_commit() -> str | None:
