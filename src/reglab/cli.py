@@ -1,4 +1,4 @@
-"""Command line: ``reglab train | audit | models | sweep | report``.
+"""Command line: ``reglab train | audit | models | sweep | report | export``.
 
 The train flags are built from the settings schema (:mod:`reglab.config`): one flag per setting,
 with its unit, default and choices in ``--help``; values are parsed by the schema's
@@ -217,6 +217,19 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from reglab.training.tensorboard_log import TensorBoardUnavailable, export_run
+
+    for run in args.runs:
+        try:
+            path = export_run(run, events=not args.csv_only)
+        except TensorBoardUnavailable:
+            raise ConfigError("writing event files needs the tensorboard package: pip install "
+                              "'reglab[tensorboard]', or pass --csv-only") from None  # fmt: skip
+        print(f"reglab: wrote {path}" + ("" if args.csv_only else f" and {Path(run)}/tensorboard"))
+    return 0
+
+
 SWEEP_DESCRIPTION = """\
 Sweep train settings: a grid (--grid AXIS=V1,V2 ..., --seeds K) or an Optuna TPE search
 (--trials N, --search SETTING=LOW:HIGH). Every trial is an ordinary run directory under
@@ -309,6 +322,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where report.html and figures/ go (default: the one DIR given)")
     p.add_argument("--title", help="the page's title")
     p.set_defaults(func=cmd_report)
+    p = sub.add_parser("export", help="metrics.csv (and TensorBoard events) of run directories",
+                       description="Write metrics.csv, a table of metrics.jsonl for spreadsheets, "
+                       "and TensorBoard event files for run directories of any age (a run "
+                       "writes both itself when it ends).")  # fmt: skip
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR")
+    p.add_argument("--csv-only", action="store_true", help="write metrics.csv only")
+    p.set_defaults(func=cmd_export)
     return parser
 
 

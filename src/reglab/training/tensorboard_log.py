@@ -50,6 +50,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from reglab.errors import ReglabError
+
 __all__ = [
     "CSV_FIRST_COLUMNS",
     "TensorBoardLog",
@@ -380,7 +382,8 @@ def export_run(run_dir: str | Path, events: bool = True) -> Path:
     tensorboard package (if ``events``)."""
     run_dir = Path(run_dir)
     if not (run_dir / "metrics.jsonl").is_file():
-        raise FileNotFoundError(f"{run_dir} has no metrics.jsonl: not a run directory")
+        raise ReglabError(f"{run_dir} has no metrics.jsonl: give run directories (a sweep's "
+                          "are under SWEEP/trials)")  # fmt: skip
     if events:
         import yaml
 
@@ -398,33 +401,3 @@ def export_run(run_dir: str | Path, events: bool = True) -> Path:
                 summary = json.loads(summary_file.read_text()) if summary_file.is_file() else {}
                 tb.hparams(config_hparams(config), summary_metrics(summary))
     return metrics_csv(run_dir)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m reglab.training.tensorboard_log RUN_DIR... [--csv-only]``: export old runs."""
-    import argparse
-
-    parser = argparse.ArgumentParser(
-        prog="python -m reglab.training.tensorboard_log",
-        description="Write metrics.csv and TensorBoard event files for finished run directories.",
-    )
-    parser.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN_DIR")
-    parser.add_argument("--csv-only", action="store_true", help="write metrics.csv only")
-    args = parser.parse_args(argv)
-    for run_dir in args.run_dirs:
-        try:
-            csv_path = export_run(run_dir, events=not args.csv_only)
-        except FileNotFoundError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 1
-        except TensorBoardUnavailable:
-            print("error: the tensorboard package is not installed: pip install "
-                  "'reglab[tensorboard]', or pass --csv-only", file=sys.stderr)  # fmt: skip
-            return 1
-        events = "" if args.csv_only else f" and {run_dir / EVENTS_DIR}/"
-        print(f"wrote {csv_path}{events}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
