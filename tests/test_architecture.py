@@ -60,7 +60,7 @@ def test_no_import_cycles():
             if n == "reglab":  # the root only re-exports, lazily (PEP 562)
                 continue
             if state.get(n) == 1:
-                cycle = path[path.index(n):] + [n]
+                cycle = [*path[path.index(n) :], n]
                 raise AssertionError("import cycle: " + " -> ".join(cycle))
             if n not in state:
                 visit(n)
