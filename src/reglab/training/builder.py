@@ -120,6 +120,9 @@ def build(
     if hasattr(model, "init_from_data"):  # e.g. airbench's whitening layer, from 5,000 images
         model.init_from_data(pipeline.prepare(pipeline.images[:5000]))
     if dist.enabled and cfg.sync_bn:
+        if device.type != "cuda":
+            raise ConfigError("--sync-bn needs CUDA: torch's SyncBatchNorm runs on GPUs only "
+                              "(on CPU batch norm stays per process)")  # fmt: skip
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     forward: nn.Module = model
     if dist.enabled:

@@ -225,7 +225,8 @@ def run_steps(
 
     bn_followed = bn_followed_weights(setup.model)  # for the effective-learning-rate diagnostic
     guard = "skip-step" if cfg.on_nonfinite == "skip-step" else "stop"
-    check_every = 1 if device.type == "cpu" else 50  # the finite flag is read (a sync) this often
+    # the finite flag is read (a sync; under torchrun an all-reduce) this often
+    check_every = 1 if device.type == "cpu" and not dist.enabled else 50
     finite = torch.ones((), dtype=torch.bool, device=device)
     loss_sum = torch.tensor(progress.loss_sum, device=device)
     correct = torch.tensor(progress.correct, device=device)
@@ -331,15 +332,20 @@ def run_steps(
                        "split": split, "loss": val_loss, "acc": val_acc, "lr": lr,
                        "penalty": 0.0 if pen is None else pen.item(),
                        "elapsed": time.perf_counter() - started}  # fmt: skip
-                log(row)
+            row = distributed.broadcast(dist, row)  # every rank keeps the same history
+            log(row)
             elapsed_eval = time.perf_counter() - t0
             progress.eval_seconds += elapsed_eval
             interval_start += elapsed_eval  # evaluation is not training time
             if on_validation is not None and row is not None:
                 on_validation(done, row)
 
-        due = (done % cfg.checkpoint_every == 0) if cfg.checkpoint_every else (
-            time.perf_counter() - last_checkpoint >= DEFAULT_CHECKPOINT_SECONDS)  # fmt: skip
+        if cfg.checkpoint_every:
+            due = done % cfg.checkpoint_every == 0
+        else:  # by time; under torchrun rank 0's clock decides, every 50 steps
+            due = time.perf_counter() - last_checkpoint >= DEFAULT_CHECKPOINT_SECONDS
+            if dist.enabled:
+                due = done % 50 == 0 and distributed.broadcast(dist, due)
         if run_dir is not None and (due or done == setup.steps):
             check_finite(done, x, out)  # a checkpoint is never written from a non-finite state
             progress.loss_sum, progress.correct = loss_sum.item(), int(correct.item())
