@@ -50,7 +50,7 @@ def launch(tmp: Path, args: list[str], nproc: int = 1) -> subprocess.CompletedPr
         [str(Path(__file__).resolve().parents[1] / "src"), os.environ.get("PYTHONPATH", "")])}
     if nproc > 1:
         cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}",
-               f"--master-addr=127.0.0.1", f"--master-port={free_port()}", str(entry)]  # fmt: skip
+               "--master-addr=127.0.0.1", f"--master-port={free_port()}", str(entry)]  # fmt: skip
     else:
         cmd = [sys.executable, str(entry)]
     proc = subprocess.run([*cmd, *args], env=env, capture_output=True, text=True, timeout=600)
