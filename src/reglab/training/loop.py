@@ -53,6 +53,7 @@ class RunResult:
 
     model_name: str
     steps: int
+    batch_size: int  # images per step (all processes together)
     epochs: float
     val_split: str
     val_images: int
@@ -417,7 +418,7 @@ def make_result(setup: Setup, progress: Progress, elapsed: float) -> RunResult:
     train_time = max(elapsed - progress.eval_seconds, 1e-9)
     steps = setup.steps
     return RunResult(
-        model_name=setup.model_label, steps=steps,
+        model_name=setup.model_label, steps=steps, batch_size=setup.pipeline.batch_size,
         epochs=round(steps / setup.pipeline.steps_per_epoch, 4), val_split=split,
         val_images=len(setup.data.val_images), final_val_loss=vals[-1]["loss"],
         final_val_acc=vals[-1]["acc"], best_val_acc=best["acc"], best_val_step=best["step"],

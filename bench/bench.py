@@ -1,0 +1,237 @@
+"""reglab's benchmark, in one run: the machine, then for every model at the size and batch its
+preset uses, training images/s in fp32 and bf16, the cost of the regularization and diagnostics,
+the cost of a checkpoint, and (with --presets) each preset's time to its accuracy marks.
+
+    python bench/bench.py --data-dir ../shared/cifar10                      # throughput tables
+    python bench/bench.py --data-dir ../shared/cifar10 --presets quick      # + a full quick run
+    python bench/bench.py ... --write BENCHMARKS.md    # replace the generated part of the file
+
+Throughput is measured on full training steps (reglab's own train_step: forward, loss,
+backward, regularization, optimizer, the non-finite guard) on random batches already on the
+device, channels-last, after warm-up steps; the variants of one model are interleaved and
+repeated, and the figure is the median. Ratios (bf16 / fp32, overhead) come from one run. On a CPU without AVX512-BF16 or AMX,
+bf16 is emulated and several times slower: it is then timed on one step only.
+Overhead: the preset's regularization and guard against the same step without them, plus the
+diagnostics of a log point divided by the preset's log interval.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from reglab.config import build_config
+from reglab.regularization import Regularization
+from reglab.regularization.diagnostics import bn_followed_weights, weight_diagnostics
+from reglab.training import build
+from reglab.training.checkpoint import save_checkpoint
+from reglab.training.loop import Progress, checkpoint_state
+from reglab.training.precision import cpu_flags, cpu_model
+from reglab.training.step import train_step
+
+# (model, image size, batch, the preset whose regularization and intervals it uses)
+CASES = [
+    ("airbench", 32, 256, "quick"),
+    ("airbench94", 32, 1024, "gpu"),
+    ("resnet18", 32, 128, None),
+    ("tutorial-resnet", 96, 64, "tutorial"),
+]
+MARKS = (0.80, 0.85, 0.90, 0.935)
+BEGIN, END = "<!-- bench.py: begin -->", "<!-- bench.py: end -->"
+
+
+def machine() -> str:
+    flags = sorted(cpu_flags() & {"avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile"})
+    lines = [
+        f"- Date: {datetime.date.today().isoformat()}; torch {torch.__version__}; Python "
+        f"{platform.python_version()}",
+        f"- CPU: {cpu_model()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads;"
+        f" flags: {', '.join(flags) or 'none of avx2/avx512/amx'}",
+    ]
+    if torch.cuda.is_available():
+        lines.append(f"- GPU: {torch.cuda.get_device_name(0)}")
+    return "\n".join(lines)
+
+
+def random_data(n: int = 2048):
+    """A stand-in CIFAR10 of random images (throughput does not depend on pixel values)."""
+    from reglab.data import CIFAR10
+
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g)
+    labels = torch.randint(0, 10, (n,), generator=g)
+    return CIFAR10(images, labels, images[:256], labels[:256], "holdout", Path("."))
+
+
+def setup_for(model: str, size: int, batch: int, preset: str | None, precision: str,
+              regularized: bool, device: str):  # fmt: skip
+    overrides = {"model": model, "image_size": size, "batch_size": batch, "device": device,
+                 "precision": precision, "audit": False, "tensorboard": False}  # fmt: skip
+    if not regularized:
+        overrides.update(l2=0.0, regularizers=[])
+    cfg = build_config(preset, overrides=overrides)
+    s = build(cfg, data=random_data(max(2048, 2 * batch)))
+    if not regularized:
+        s.reg = Regularization([])
+    return s
+
+
+def measure(setup, steps: int, guard: bool) -> float:
+    """Seconds per step over ``steps`` steps of one fixed random batch (already prepared)."""
+    x, y = setup.pipeline.next_batch()
+    autocast = setup.precision.autocast()
+    sync = torch.cuda.synchronize if setup.device.type == "cuda" else (lambda: None)
+    sync()
+    t0 = time.perf_counter()
+    for step in range(steps):
+        train_step(setup.forward, x, y, setup.reg, setup.optimizer, setup.lr(step),
+                   setup.cfg.label_smoothing, autocast, guard="stop" if guard else None,
+                   scaler=setup.scaler)  # fmt: skip
+    sync()
+    return (time.perf_counter() - t0) / steps
+
+
+def diagnostics_seconds(setup, repeats: int = 3) -> float:
+    bn = bn_followed_weights(setup.model)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        weight_diagnostics(setup.model, setup.reg, 0.01, bn)
+        with torch.no_grad():
+            setup.reg.penalty()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def checkpoint_seconds(setup, repeats: int = 3) -> tuple[float, float]:
+    """(median seconds per checkpoint, MiB) with reglab's atomic, fsync'ed, checksummed write."""
+    times, size = [], 0.0
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in range(repeats):
+            t0 = time.perf_counter()
+            path = save_checkpoint(Path(tmp), i, checkpoint_state(setup, Progress()))
+            times.append(time.perf_counter() - t0)
+            size = path.stat().st_size / 2**20
+    return statistics.median(times), size
+
+
+def throughput_tables(device: str, steps: int, repeats: int, bf16: bool) -> str:
+    rows = []
+    ckpt_rows = []
+    for model, size, batch, preset in CASES:
+        variants = {"fp32": ("fp32", True, True), "fp32 bare": ("fp32", False, False)}
+        if bf16:
+            variants["bf16"] = ("bf16", True, True)
+        setups = {k: setup_for(model, size, batch, preset, p, r, device)
+                  for k, (p, r, _) in variants.items()}  # fmt: skip
+        times: dict[str, list[float]] = {k: [] for k in variants}
+        for k, s in setups.items():  # warm-up
+            measure(s, 1 if k == "bf16" else 2, variants[k][2])
+        slow_bf16 = device == "cpu" and not cpu_has_fast_bf16()
+        for r in range(repeats):  # interleaved: the variants see the same machine state
+            for k, s in setups.items():
+                if k == "bf16" and slow_bf16 and r:  # emulated bf16: one step shows the ratio
+                    continue
+                n = 1 if k == "bf16" and slow_bf16 else steps
+                times[k].append(measure(s, n, variants[k][2]))
+        t = {k: statistics.median(v) for k, v in times.items()}
+        full = setups["fp32"]
+        log_every = full.cfg.log_every
+        diag = diagnostics_seconds(full)
+        overhead = (t["fp32"] + diag / log_every) / t["fp32 bare"] - 1
+        regs = ", ".join(r.label for r in full.reg.regularizers) or "none"
+        bf = f"{batch / t['bf16']:,.0f} ({t['fp32'] / t['bf16']:.2f}x)" if bf16 else "n/a"
+        rows.append(f"| {model} | {size} | {batch} | {batch / t['fp32']:,.0f} | {bf} | "
+                    f"{regs} | {100 * overhead:+.1f}% |")  # fmt: skip
+        secs, mib = checkpoint_seconds(full)
+        every = full.cfg.checkpoint_every
+        share = f"{100 * secs / (every * t['fp32']):.2f}% (every {every} steps)" if every else "-"
+        ckpt_rows.append(f"| {model} | {mib:.1f} MiB | {secs * 1000:.0f} ms | {share} |")
+        print(rows[-1], ckpt_rows[-1], sep="\n", file=sys.stderr, flush=True)
+    head = ["| model | image size | batch | fp32 images/s | bf16 autocast images/s (x fp32) | "
+            "regularization (preset) | overhead of regularization + guard + diagnostics |",
+            "|---|---|---|---|---|---|---|"]  # fmt: skip
+    ckpt_head = ["| model | checkpoint size | time per checkpoint | share of the run's time |",
+                 "|---|---|---|---|"]  # fmt: skip
+    return "\n".join([*head, *rows, "", *ckpt_head, *ckpt_rows])
+
+
+def preset_runs(names: list[str], data_dir: str | None, device: str) -> str:
+    """Each preset as a user runs it (``reglab train --preset NAME``, a new process): the wall
+    time from process start to summary, and when each accuracy mark was first validated."""
+    import json
+    import subprocess
+
+    rows = ["| preset | model | steps x batch | final holdout acc | wall time (process start "
+            "to summary) | training time | wall time to " + " / ".join(
+                f"{100 * m:g}%" for m in MARKS) + " |", "|---|---|---|---|---|---|---|"]
+    for name in names:
+        with tempfile.TemporaryDirectory() as tmp:
+            cmd = [sys.executable, "-m", "reglab", "train", "--preset", name, "--device", device,
+                   "--runs-dir", tmp, "--name", "run", "--no-tensorboard"]  # fmt: skip
+            if data_dir:
+                cmd += ["--data-dir", data_dir]
+            env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+            t0 = time.perf_counter()
+            subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL)
+            wall = time.perf_counter() - t0
+            summary = json.loads((Path(tmp) / "run" / "summary.json").read_text())
+            metrics = [json.loads(line) for line in
+                       (Path(tmp) / "run" / "metrics.jsonl").read_text().splitlines()]
+        offset = wall - summary["total_seconds"]  # start-up: imports, data, model
+        vals = [r for r in metrics if r["split"] == summary["val_split"]]
+        marks = " / ".join(next((f"{r['elapsed'] + offset:.0f} s" for r in vals
+                                 if r["acc"] >= m), "-") for m in MARKS)  # fmt: skip
+        rows.append(f"| {name} | {summary['model']} | {summary['steps']} x "
+                    f"{summary['batch_size']} | "
+                    f"{100 * summary['final_val_acc']:.2f}% | {wall:.0f} s | "
+                    f"{summary['train_seconds']:.0f} s | {marks} |")  # fmt: skip
+        print(rows[-1], file=sys.stderr, flush=True)
+    return "\n".join(rows)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data-dir")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--steps", type=int, default=8, help="steps per measurement (8)")
+    p.add_argument("--repeats", type=int, default=3, help="interleaved repeats (3)")
+    p.add_argument("--no-bf16", action="store_true", help="skip the bf16 column")
+    p.add_argument("--presets", default="", help="comma-separated presets to run in full")
+    p.add_argument("--skip-throughput", action="store_true")
+    p.add_argument("--write", metavar="FILE", help="replace the generated part of FILE")
+    args = p.parse_args()
+    command = "python bench/bench.py " + " ".join(sys.argv[1:])
+    out = [f"Command: `{command}`", "", machine(), ""]
+    if not args.skip_throughput:
+        out += [throughput_tables(args.device, args.steps, args.repeats, not args.no_bf16), ""]
+    if args.presets:
+        out += [preset_runs(args.presets.split(","), args.data_dir, args.device), ""]
+    text = "\n".join(out)
+    print(text)
+    if args.write:
+        path = Path(args.write)
+        doc = path.read_text()
+        with contextlib.suppress(ValueError):
+            head, rest = doc.split(BEGIN, 1)
+            _, tail = rest.split(END, 1)
+            path.write_text(f"{head}{BEGIN}\n{text}\n{END}{tail}")
+            return 0
+        path.write_text(f"{doc.rstrip()}\n\n{BEGIN}\n{text}\n{END}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
