@@ -9,8 +9,9 @@ the cost of a checkpoint, and (with --presets) each preset's time to its accurac
 Throughput is measured on full training steps (reglab's own train_step: forward, loss,
 backward, regularization, optimizer, the non-finite guard) on random batches already on the
 device, channels-last, after warm-up steps; the variants of one model are interleaved and
-repeated, and the figure is the median. Ratios (bf16 / fp32, overhead) come from one run. On a CPU without AVX512-BF16 or AMX,
-bf16 is emulated and several times slower: it is then timed on one step only.
+repeated, and the figure is the median. Ratios (bf16 / fp32, overhead) come from one run. On
+a CPU without AVX512-BF16 or AMX, bf16 is emulated and several times slower: it is then timed on
+one step only.
 Overhead: the preset's regularization and guard against the same step without them, plus the
 diagnostics of a log point divided by the preset's log interval.
 """
@@ -38,7 +39,7 @@ from reglab.regularization.diagnostics import bn_followed_weights, weight_diagno
 from reglab.training import build
 from reglab.training.checkpoint import save_checkpoint
 from reglab.training.loop import Progress, checkpoint_state
-from reglab.training.precision import cpu_flags, cpu_model
+from reglab.training.precision import cpu_flags, cpu_has_fast_bf16, cpu_model
 from reglab.training.step import train_step
 
 # (model, image size, batch, the preset whose regularization and intervals it uses)
