@@ -51,7 +51,7 @@ def _help(s) -> str:
     elif isinstance(default, (list, tuple)):
         shown = ",".join(map(str, default)) or "none"
     else:
-        shown = default
+        shown = "none" if default is None else default
     unit = f"; {s.unit}" if s.unit else ""
     bounds = f"; {s.bounds_text()}" if s.bounds_text() else ""
     return f"{s.help} (default {shown}{unit}{bounds})".replace("%", "%%")
@@ -73,7 +73,8 @@ def add_setting_arguments(p: argparse.ArgumentParser) -> None:
             g.add_argument(s.cli, action=argparse.BooleanOptionalAction, **kwargs)
             continue
         choices = s.choice_list()
-        metavar = s.metavar or ("{" + ",".join(choices) + "}" if choices else s.flag.upper())
+        kind = {int: "N", float: "X"}.get(s.base_type, s.flag.upper())
+        metavar = s.metavar or ("{" + ",".join(choices) + "}" if choices else kind)
         if s.repeatable:
             g.add_argument(s.cli, action="append", metavar=metavar, **kwargs)
         else:

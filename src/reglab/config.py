@@ -45,7 +45,8 @@ __all__ = [
     "settings_markdown",
 ]
 
-GROUPS = ("model", "data", "optimisation", "regularization", "evaluation", "system", "output")
+GROUPS = ("recipe", "model", "data", "optimisation", "regularization", "evaluation", "system",
+          "output")
 OPTIMIZERS = ("sgd", "nesterov", "adamw")
 SCHEDULES = ("constant", "step", "cosine", "linear")
 AUGMENTATIONS = ("none", "flip", "flip-crop", "flip-translate", "cutout", "tutorial")
@@ -148,6 +149,11 @@ class TrainConfig:
     momentum SGD 0.01 / 0.9, 20,000 steps) without regularization; ``--preset tutorial`` adds its
     L2 and input standardization."""
 
+    preset: str | None = setting(None, "a recipe applied under the config file and the flags: "
+                                 "tutorial (the tutorial's run), quick (84% in minutes on a "
+                                 "2-core CPU), gpu (airbench94's widths, seconds on a GPU)",
+                                 group="recipe", kind="system",
+                                 choices=lambda: tuple(PRESETS))  # fmt: skip
     # model
     model: str = setting("tutorial-resnet", "the network (reglab models lists them)",
                          group="model", choices=_model_names)  # fmt: skip
@@ -271,12 +277,6 @@ class TrainConfig:
                               kind="system")  # fmt: skip
     verbose: bool = setting(False, "print the network's layer shapes on the first batch",
                             group="output", kind="system")  # fmt: skip
-    preset: str | None = setting(None, "a recipe applied under the config file and the flags: "
-                                 "tutorial (the tutorial's run), quick (84%% in minutes on a "
-                                 "2-core CPU), gpu (airbench94's widths, seconds on a GPU)",
-                                 group="output", kind="system",
-                                 choices=lambda: tuple(PRESETS))  # fmt: skip
-
     def validate(self) -> TrainConfig:
         """Every value coerced and checked (ConfigError, one line), then the cross-field rules."""
         for s in SETTINGS.values():
