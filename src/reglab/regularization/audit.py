@@ -98,10 +98,11 @@ class AuditResult:
                 verdict = "ok" if f.checkable else "ok (formula predicts no change: not checked)"
             else:
                 verdict = f"FAILED ({len(f.missed)} missed, {len(f.leaked)} outside scope)"
+            error = ("changed: none" if f.switched_off and f.ok
+                     else f"max rel. error {f.max_rel_error:.1e}")  # fmt: skip
             lines.append(
-                f"  {f.label:<{width}}  {WHERE[f.stage]:<22} {f.tensors:>4} tensors  "
-                f"max rel. error {f.max_rel_error:.1e}  outside scope unchanged: "
-                f"{'yes' if not f.leaked else 'NO'}  {verdict}"
+                f"  {f.label:<{width}}  {WHERE[f.stage]:<22} {f.tensors:>4} tensors  {error}  "
+                f"outside scope unchanged: {'yes' if not f.leaked else 'NO'}  {verdict}"
             )
         return "\n".join(lines)
 
