@@ -219,8 +219,13 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    from reglab.training.rundir import compact_copy
     from reglab.training.tensorboard_log import TensorBoardUnavailable, export_run
 
+    if args.compact_to:
+        for run in args.runs:
+            print(f"reglab: compact record of {run} in {compact_copy(run, args.compact_to)}")
+        return 0
     for run in args.runs:
         try:
             path = export_run(run, events=not args.csv_only)
@@ -329,6 +334,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "writes both itself when it ends).")  # fmt: skip
     p.add_argument("runs", nargs="+", metavar="RUN_DIR")
     p.add_argument("--csv-only", action="store_true", help="write metrics.csv only")
+    p.add_argument("--compact-to", metavar="DIR",
+                   help="instead, copy each run's compact record (config, metrics, summary, "
+                        "tables; no checkpoints or events) to DIR/<run name>, e.g. to commit it")
     p.set_defaults(func=cmd_export)
     return parser
 

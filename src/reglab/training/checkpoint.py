@@ -6,7 +6,8 @@
 A checkpoint is written to a temporary file, flushed and fsync'ed, renamed into place (atomic on
 POSIX), and only then is its checksum written the same way. A checkpoint without its checksum,
 or whose bytes do not match it (torn, truncated, corrupted), is never loaded: the newest valid
-one is, and a message says which ones were skipped. The newest ``keep`` valid ones are kept.
+one is, and a message says which ones were skipped. After each write the newest ``keep`` valid
+ones are kept and the rest removed.
 A full disk (or any write error) raises :class:`CheckpointError` naming it, and leaves the
 previous checkpoints untouched.
 
@@ -95,11 +96,12 @@ def save_checkpoint(folder: Path, step: int, state: dict[str, Any], keep: int = 
             f"cannot write the checkpoint of step {step} in {folder} ({e.strerror or e}): free "
             f"disk space (it needs {len(data) / 2**20:.1f} MiB) and resume the run; {kept}"
         ) from None
-    valid = [p for _, p in checkpoints(folder) if _valid(p)]
-    for old in valid[keep:]:
-        for f in (old, old.with_suffix(".sha256")):
-            with contextlib.suppress(OSError):
-                f.unlink()
+    kept = [p for _, p in checkpoints(folder) if _valid(p)][:keep]
+    for _, old in checkpoints(folder):  # older valid ones, and torn or unsummed leftovers
+        if old not in kept:
+            for f in (old, old.with_suffix(".sha256")):
+                with contextlib.suppress(OSError):
+                    f.unlink()
     return path
 
 

@@ -138,3 +138,21 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
     if path.is_dir():
         path = path / "metrics.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+COMPACT_FILES = ("config.yaml", "metrics.jsonl", "summary.json", "regularization.txt",
+                 "audit.txt", "trial.json")  # fmt: skip
+
+
+def compact_copy(run: str | Path, dest: str | Path) -> Path:
+    """Copy a run's compact record (COMPACT_FILES that exist: no checkpoints, no event files)
+    to ``dest``/<run name>; a sweep's runs keep their trials/ layout. Returns the copy's path."""
+    run, dest = Path(run), Path(dest)
+    if not (run / "metrics.jsonl").is_file():
+        raise RunDirError(f"{run} has no metrics.jsonl: give run directories")
+    target = dest / run.name
+    target.mkdir(parents=True, exist_ok=True)
+    for name in COMPACT_FILES:
+        if (run / name).is_file():
+            shutil.copy2(run / name, target / name)
+    return target
