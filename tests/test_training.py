@@ -154,3 +154,26 @@ def test_short_real_run_beats_chance(real_data_dir):
     result = train(cfg, quiet=True)
     assert result.val_split == "holdout" and result.val_images == 2000
     assert result.final_val_acc > 0.40, result
+
+
+@pytest.mark.slow
+def test_bf16_autocast_trains_as_well_as_fp32(real_data_dir):
+    """The quick preset, shortened, in bf16 autocast and in fp32 over several seeds: the mean
+    holdout accuracies agree within their noise (on a CPU without AVX512-BF16 bf16 is emulated
+    and slow, so the runs are short; the benchmark measures the full preset)."""
+    accs: dict[str, list[float]] = {"fp32": [], "bf16": []}
+    for precision in accs:
+        for seed in (0, 1):
+            cfg = build_config("quick", overrides={
+                "data_dir": str(real_data_dir), "holdout": 1000, "train_limit": 1280,
+                "steps": 20, "batch_size": 64, "warmup_steps": 4, "val_every": 20,
+                "log_every": 20, "seed": seed, "precision": precision, "tensorboard": False,
+                "audit": False})  # fmt: skip
+            result = train(cfg, quiet=True)
+            assert result.environment["precision"] == precision
+            accs[precision].append(result.final_val_acc)
+    mean = {k: sum(v) / len(v) for k, v in accs.items()}
+    # sampling error of a mean of 2 accuracies on 1,000 images, for the difference of two means
+    se = math.sqrt(2 * mean["fp32"] * (1 - mean["fp32"]) / (2 * 1000))
+    assert abs(mean["bf16"] - mean["fp32"]) < max(3 * se, 0.02), accs
+    assert mean["fp32"] > 0.2  # it learned something
