@@ -35,6 +35,7 @@ import sys
 import threading
 import time
 import traceback
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -343,7 +344,9 @@ class Worker:
                                                                  self.attempts(frozen)))
 
         def on_validation(step: int, row: dict[str, Any]) -> None:
-            trial.report(row["acc"], step)
+            with warnings.catch_warnings():  # a resumed trial reports some steps again
+                warnings.simplefilter("ignore")
+                trial.report(row["acc"], step)
             if spec.mode == "search" and spec.prune and trial.should_prune():
                 raise optuna.TrialPruned(f"pruned at step {step}")
 
