@@ -420,7 +420,8 @@ def test_a_killed_workers_trial_goes_stale_and_is_retried_in_its_run_dir(tmp_pat
     study = prepare(plan, print)
     proc = _hung_worker(tmp_path / "s", url, name)
     try:
-        _wait(lambda: "worker" in study.get_trials()[0].user_attrs, 60, proc)
+        run = tmp_path / "s" / "trials" / "l2=0.001_seed=0"
+        _wait(lambda: (run / "config.yaml").is_file(), 60, proc)  # in its trial
     finally:
         proc.kill()
         proc.wait()
@@ -650,7 +651,7 @@ def test_killing_the_sweep_stops_its_workers_and_a_rerun_resumes(tmp_path, real_
     sweep = tmp_path / "s"
     cmd = reglab("sweep", "--dir", str(sweep), "--data-dir", str(real_data_dir), *TINY,
                  "--steps", "12", "--checkpoint-every", "2", "--heartbeat", "1",
-                 "--grid", "l2=0,1e-4,1e-3", "--workers", "2")  # fmt: skip
+                 "--grid", "l2=0,1e-3", "--workers", "2")  # fmt: skip
     proc = subprocess.Popen(cmd, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True)  # fmt: skip
     try:
@@ -674,7 +675,7 @@ def test_killing_the_sweep_stops_its_workers_and_a_rerun_resumes(tmp_path, real_
     assert "2 worker(s) on cpu x 1 thread(s)" in again.stdout
     study = load(sweep)
     complete = completed_by_key(study)
-    assert sorted(complete) == [f"l2={v} seed=0" for v in ("0", "0.0001", "0.001")]
+    assert sorted(complete) == [f"l2={v} seed=0" for v in ("0", "0.001")]
     assert all(len(ts) == 1 for ts in complete.values())  # none twice, none lost
     for t in interrupted:  # continued from the checkpoint it had when it was killed
         (rerun,) = complete[t.user_attrs["key"]]
@@ -682,8 +683,8 @@ def test_killing_the_sweep_stops_its_workers_and_a_rerun_resumes(tmp_path, real_
         assert rerun.user_attrs["run_dir"] == t.user_attrs["run_dir"]
     others = [t for t in study.get_trials() if t.state not in (TrialState.COMPLETE,)]
     assert all(t in interrupted or S.is_extra(t) for t in others)
-    assert len(list((sweep / "trials").iterdir())) == 3
-    assert again.stdout.count("[sweep] trial ") == 3  # the live view: one line per trial
+    assert len(list((sweep / "trials").iterdir())) == 2
+    assert again.stdout.count("[sweep] trial ") == 2  # the live view: one line per trial
 
 
 def _pg_sweep(machine: Path, data_dir: Path, url: str, name: str, grid: str,
@@ -712,7 +713,7 @@ def test_machines_with_worker_processes_on_their_devices_share_a_postgresql_stud
     a single worker on cpu:2. Every job runs exactly once, on a worker pinned to its device;
     the same command again repeats nothing."""
     url, name = pg_study
-    values = ("0", "0.0001", "0.001", "0.01", "0.1", "1")
+    values = ("0", "0.0001", "0.001", "0.01", "0.1")
     grid = "l2=" + ",".join(values)
     machines = [tmp_path / "m1", tmp_path / "m2"]
     cmds = [_pg_sweep(machines[0], real_data_dir, url, name, grid, "--workers", "2",
