@@ -33,7 +33,8 @@ Trial user attributes (JSON):
     key, params, values  the job: "l2=0.0001 seed=0", {"l2": 0.0001, "seed": 0} (by flag) and
                          {"l2": 0.0001, "seed": 0} (by setting, what its config is built from)
     run_dir              the job's run directory, relative to the sweep directory
-    worker               {"host", "pid", "device", "threads"} of the attempt
+    worker               {"host", "pid", "device", "threads", "trial"} of the attempt (a retry
+                         inherits its predecessor's until it starts: "trial" tells them apart)
     failure              {"kind": "error" | "interrupted" | "duplicate" | "surplus", "message"};
                          a FAIL trial without it was failed by a stale heartbeat
     outcome              "diverged" for a PRUNED trial whose loss became inf or nan

@@ -200,13 +200,14 @@ class Worker:
 
     def fail_unstarted(self, running: list[FrozenTrial]) -> None:
         """Fail and enqueue again a trial that has been RUNNING without starting (no ``worker``
-        attribute) for a grace period, as this worker watched: its process died between
-        Optuna's pop and the first heartbeat, and Optuna's stale check never sees a trial that
-        never beat."""
+        attribute of its own) for a grace period, as this worker watched: its process died
+        between Optuna's pop and the first heartbeat, and Optuna's stale check never sees a
+        trial that never beat."""
         now = time.monotonic()
         grace = GRACE_INTERVALS * self.spec.heartbeat_s
         for t in running:
-            if "worker" in t.user_attrs:
+            # "worker" names the attempt it was written for: a retry carries its predecessor's
+            if t.user_attrs.get("worker", {}).get("trial") == t.number:
                 self.unstarted.pop(t.number, None)
                 continue
             if now - self.unstarted.setdefault(t.number, now) <= grace:
@@ -328,7 +329,7 @@ class Worker:
             values[r.setting], params[r.name] = v, v
         rel = f"trials/{job_dir_name(key)}"
         worker = {"host": socket.gethostname(), "pid": os.getpid(), "device": self.device,
-                  "threads": self.threads}  # fmt: skip
+                  "threads": self.threads, "trial": trial.number}  # fmt: skip
         for k, v in (("params", params), ("values", values), ("run_dir", rel),
                      ("worker", worker)):  # fmt: skip
             trial.set_user_attr(k, v)
