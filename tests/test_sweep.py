@@ -379,6 +379,24 @@ def test_a_study_of_another_sweep_is_refused(tmp_path, study_url, study_name):
                 print)  # fmt: skip
 
 
+def test_a_study_made_before_a_setting_became_a_system_setting_is_still_the_sweep(tmp_path):
+    """A study's stored spec is compared on the experiment settings both know: one written when
+    val_every counted (or before sync_bn existed) still belongs to the same sweep."""
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    plan = plan_sweep(sweep_request(tmp_path / "s", url, "old"))
+    spec = plan.study_spec()
+    old = {**spec, "base": {k: v for k, v in spec["base"].items() if k != "sync_bn"}}
+    old["base"]["val_every"] = 123
+    study = optuna.create_study(study_name="old", storage=url, direction="maximize")
+    study.set_user_attr(S.SPEC_ATTR, old)
+    prepare(plan, print)
+    assert optuna.load_study(study_name="old", storage=url).user_attrs[S.HEARTBEAT_ATTR] == 1
+    other = {**old, "base": {**old["base"], "lr": 0.5}}
+    study.set_user_attr(S.SPEC_ATTR, other)
+    with pytest.raises(S.SweepError, match=r"lr: study 0\.5, now 0\.01"):
+        prepare(plan, print)
+
+
 def test_a_trial_taken_by_a_worker_that_died_at_once_is_run_again(tmp_path, study_name):
     """Optuna's stale check needs a first heartbeat; a trial popped by a process that died
     before it is failed and enqueued again after a grace period of being watched."""

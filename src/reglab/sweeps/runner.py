@@ -55,7 +55,6 @@ from reglab.sweeps.study import (
     failure,
     is_extra,
     load_study,
-    open_storage,
     open_study,
     redact,
 )
@@ -469,9 +468,8 @@ def prepare(plan: SweepPlan, say: Callable[[str], None]) -> optuna.Study:
     trials_dir = spec.sweep_dir / "trials"
     trials_dir.mkdir(exist_ok=True)
     sampler, pruner = sampler_and_pruner(spec)
-    study, spec.heartbeat_s = open_study(open_storage(spec.storage_url), spec.study_name,
-                                         plan.study_spec(), plan.heartbeat, sampler,
-                                         pruner)  # fmt: skip
+    study, spec.heartbeat_s = open_study(spec.storage_url, spec.study_name, plan.study_spec(),
+                                         plan.heartbeat, sampler, pruner)  # fmt: skip
     if not by_job(study.get_trials(deepcopy=False)) and any(
         (d / "config.yaml").is_file() for d in trials_dir.iterdir()
     ):

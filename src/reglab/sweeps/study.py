@@ -55,6 +55,7 @@ import optuna
 from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 
+from reglab.config import SETTINGS
 from reglab.errors import ConfigError
 from reglab.sweeps.space import Job, is_number
 
@@ -189,35 +190,49 @@ def _spec_diff(stored: dict[str, Any], spec: dict[str, Any]) -> list[str]:
     return details
 
 
+def comparable(stored: dict[str, Any], spec: dict[str, Any]) -> dict[str, Any]:
+    """``stored`` as ``spec`` would say it: its base restricted to the experiment settings that
+    ``spec`` has too (a study made before a setting became a system setting, or before a new
+    setting existed, is still the same sweep)."""
+    a, b = stored.get("base"), spec.get("base")
+    if not isinstance(a, dict) or not isinstance(b, dict):
+        return stored
+    keep = {k: v for k, v in a.items()
+            if k in b and k in SETTINGS and SETTINGS[k].kind == "experiment"}  # fmt: skip
+    return {**stored, "base": {**b, **keep}}
+
+
 def open_study(
-    storage: RDBStorage,
+    url: str,
     name: str,
     spec: dict[str, Any],
     heartbeat_s: int | None = None,
     sampler: optuna.samplers.BaseSampler | None = None,
     pruner: optuna.pruners.BasePruner | None = None,
 ) -> tuple[optuna.Study, int]:
-    """Create or load the study ``name`` (creation is atomic in the storage: one of several
-    processes creates it, the others load it) and check that it belongs to this sweep: ``spec``
-    (the experiment settings and the kind of sweep, stored in the study) must match. Returns the
-    study and its heartbeat interval: the one stored in it (``heartbeat_s`` None, or equal), or
-    ``heartbeat_s`` for a new study."""
+    """Create or load the study ``name`` in the storage at ``url`` (creation is atomic in the
+    storage: one of several processes creates it, the others load it) and check that it belongs
+    to this sweep: ``spec`` (the kind of sweep, its search ranges and the experiment settings of
+    its base config, stored in the study) must match. Returns the study and its heartbeat
+    interval: the one stored in it (``heartbeat_s`` None, or equal), or ``heartbeat_s`` (else
+    HEARTBEAT_S) for a new study."""
     study = optuna.create_study(
-        storage=storage, study_name=name, direction="maximize", load_if_exists=True,
+        storage=open_storage(url), study_name=name, direction="maximize", load_if_exists=True,
         sampler=sampler, pruner=pruner,
     )  # fmt: skip
     attrs = study.user_attrs
     if SPEC_ATTR not in attrs:
         study.set_user_attr(SPEC_ATTR, spec)
+    if HEARTBEAT_ATTR not in attrs:
         study.set_user_attr(HEARTBEAT_ATTR, heartbeat_s or HEARTBEAT_S)
-        attrs = study.user_attrs  # two commands creating it at once: the last write stands
-    stored = attrs[SPEC_ATTR]
+    attrs = study.user_attrs  # two commands creating it at once: the last write stands
+    stored = comparable(attrs[SPEC_ATTR], spec)
     if stored != spec:
         raise SweepError(
-            f"study {name!r} in {redact(storage.url)} belongs to a different sweep "
+            f"study {name!r} in {redact(url)} belongs to a different sweep "
             f"({'; '.join(_spec_diff(stored, spec))}): use another --dir or --study-name for it"
         )
-    beat = int(attrs.get(HEARTBEAT_ATTR, HEARTBEAT_S))
+    beat = int(attrs[HEARTBEAT_ATTR])
     if heartbeat_s is not None and heartbeat_s != beat:
         raise SweepError(
             f"study {name!r} uses a heartbeat of {beat} s (every worker of a sweep must beat as "
