@@ -1,63 +1,76 @@
-"""The Optuna study behind a sweep: storage, claiming trials, heartbeats, and dead workers.
+"""The Optuna study behind a sweep: storage, the study's identity, and the job queue.
 
-Every trial is first a WAITING trial in the study, enqueued with its job's key, then claimed by
-exactly one worker (the WAITING -> RUNNING change is atomic in the database, as in Optuna's own
-``Study.ask``), run, and told COMPLETE (value: the final holdout accuracy), PRUNED (stopped by
-the pruner, or diverged) or FAIL. A worker reconciles the study before each claim:
+Everything goes through Optuna's public API:
 
-* a RUNNING trial whose heartbeat is older than the grace period is failed (Optuna's
-  ``fail_stale_trials``): its worker died on any machine sharing the storage;
-* a RUNNING trial claimed on this machine by a process that no longer exists is failed at once
-  (no need to wait for the grace period when a sweep is restarted after a crash or a kill);
-* every job with no COMPLETE, PRUNED, RUNNING or WAITING trial is enqueued (again): killed and
-  crashed trials are run again, finished ones never. A trial that raised an error in this
-  command is left for the next run of the command (a bug would otherwise loop).
+* Jobs are *enqueued trials* (``Study.enqueue_trial``) carrying the job in their user attributes
+  (``key``, ``values``, ``params``). Each command enqueues, before its workers start, every job
+  of its own that has no WAITING, RUNNING, COMPLETE or PRUNED trial: finished jobs are never
+  repeated, a job whose trial failed is enqueued again by the *next* command (a trial that
+  raised an error is not retried in a loop by the command it failed in).
+* Workers take trials with ``Study.optimize(objective, n_trials=1)``: Optuna pops the oldest
+  WAITING trial (an atomic WAITING -> RUNNING change in the database), records its heartbeat in
+  a thread while it runs, and tells its state at the end.
+* A trial whose heartbeat stops (its process was killed, its machine died) is failed after the
+  grace period by ``optuna.storages.fail_stale_trials`` (run by Optuna at the start of every
+  trial and by idle workers), and ``RetryHeartbeatStaleTrialCallback`` enqueues it again with
+  the same user attributes and parameters; its run directory is keyed by the job, so the retry
+  continues from the killed attempt's checkpoint.
+* Two commands on two machines may enqueue the same job at the same moment. The job then has
+  two trials; the *owner* of a job is its lowest-numbered trial that is not FAIL, and a worker
+  that pops any other trial of the job ends it at once as FAIL ("duplicate", untrained). The
+  owner is a function of the trials' states and numbers alone, both changed atomically by the
+  storage, so two trials of one job are never trained at the same time (short of a worker that
+  outlives its declared death, see docs/sweeps.md) and a job has at most one result: only its
+  owner is told COMPLETE.
 
-Enqueueing happens under a file lock in the sweep directory, so workers on one machine never
-enqueue a job twice; workers on several machines may, and then the trial with the lower number
-owns the job and the other is failed as a duplicate as soon as it is claimed.
+SQLite (the default storage, one machine): its driver runs a read and the write that follows
+it in separate transactions, so two processes could both move one WAITING trial to RUNNING.
+Storages opened here make every SQLite transaction ``BEGIN IMMEDIATE`` (SQLAlchemy's documented
+recipe for serializable SQLite): transactions of the sweep's processes then run one at a time.
+PostgreSQL locks the trial's row (``SELECT ... FOR UPDATE``) and needs nothing.
 
 Trial user attributes (JSON):
-    key, params      the job: "l2=0.0001 seed=0" and {"l2": 0.0001, "seed": 0}
-    host, pid, pid_start   the process that claimed the trial (to spot a dead one on this host)
-    run_dir          the trial's run directory, relative to the sweep directory
-    failure          {"kind": "error" | "interrupted" | "died" | "duplicate", "message": ...}; a
-                     FAIL trial without it was failed by a stale heartbeat
-    outcome          "diverged" for a PRUNED trial whose loss became inf or nan
-    result           final/best holdout accuracy, final train accuracy, seconds
+    key, params, values  the job: "l2=0.0001 seed=0", {"l2": 0.0001, "seed": 0} (by flag) and
+                         {"l2": 0.0001, "seed": 0} (by setting, what its config is built from)
+    run_dir              the job's run directory, relative to the sweep directory
+    worker               {"host", "pid", "device", "threads", "trial"} of the attempt (a retry
+                         inherits its predecessor's until it starts: "trial" tells them apart)
+    failure              {"kind": "error" | "interrupted" | "duplicate" | "surplus", "message"};
+                         a FAIL trial without it was failed by a stale heartbeat
+    outcome              "diverged" for a PRUNED trial whose loss became inf or nan
+    result               final/best holdout accuracy, final train accuracy, seconds, split
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
-import socket
+import inspect
 import threading
 import time
 import warnings
-from collections.abc import Iterator, Sequence
-from datetime import datetime
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import optuna
-from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 
-from reglab.sweeps.space import Job
+from reglab.config import SETTINGS
+from reglab.errors import ConfigError
+from reglab.sweeps.space import Job, is_number
 
 HEARTBEAT_S = 30  # seconds between heartbeats of a running trial
 GRACE_INTERVALS = 4  # a trial silent for 4 heartbeat intervals is stale (its worker is dead)
-SQLITE_TIMEOUT_S = 120  # how long a SQLite writer waits for the lock before failing
+MAX_RETRY = 3  # stale retries of one trial within a command; the next command starts afresh
+SQLITE_TIMEOUT_S = 120  # how long an SQLite transaction waits for the file's lock
+SPEC_ATTR = "reglab_spec"  # study user attribute: what the sweep's commands must share
+HEARTBEAT_ATTR = "reglab_heartbeat"  # study user attribute: the sweep's heartbeat interval
 
 FINISHED_OK = (TrialState.COMPLETE, TrialState.PRUNED)
 ACTIVE = (TrialState.RUNNING, TrialState.WAITING)
 
-optuna.logging.set_verbosity(optuna.logging.WARNING)
 
-
-class SweepError(ValueError):
+class SweepError(ConfigError):
     """A sweep that cannot go on as asked; the message is one line naming the fix."""
 
 
@@ -76,235 +89,241 @@ def redact(url: str) -> str:
         return url.split("://", 1)[0] + "://..."
 
 
-def open_storage(url: str, heartbeat_s: int | None = HEARTBEAT_S) -> RDBStorage:
-    """An RDBStorage for any SQLAlchemy URL, with heartbeats (``heartbeat_s`` None: none, for
-    read-only views). SQLite writers wait up to SQLITE_TIMEOUT_S for the file lock."""
-    kwargs: dict[str, Any] = {}
-    if url.startswith("sqlite"):
-        kwargs["engine_kwargs"] = {"connect_args": {"timeout": SQLITE_TIMEOUT_S}}
-    if heartbeat_s is not None:
-        kwargs["heartbeat_interval"] = heartbeat_s
-        kwargs["grace_period"] = GRACE_INTERVALS * heartbeat_s
-    last: Exception | None = None
-    for attempt in range(5):  # two processes creating the same new database may collide once
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                return RDBStorage(url, **kwargs)
-        except Exception as e:  # sqlalchemy's OperationalError, e.g. "table already exists"
-            if "unable to open database" in str(e) or "No module named" in str(e):
-                break
-            last = e
-            time.sleep(0.2 * (attempt + 1))
-    raise SweepError(f"cannot open the study storage {redact(url)} ({_first_line(last)}): check "
-                     "--storage")  # fmt: skip
-
-
 def _first_line(e: BaseException | None) -> str:
     return str(e).strip().splitlines()[0] if e is not None and str(e).strip() else repr(e)
 
 
-def open_study(
-    storage: RDBStorage,
-    name: str,
-    spec: dict[str, Any],
-    sampler: optuna.samplers.BaseSampler | None = None,
-    pruner: optuna.pruners.BasePruner | None = None,
-) -> optuna.Study:
-    """Create or load the study ``name``; refuse one made for a different sweep (``spec``: what
-    must match for two commands to be parts of one sweep, stored in the study's user attributes).
-    """
-    study = optuna.create_study(
-        storage=storage, study_name=name, direction="maximize", load_if_exists=True,
-        sampler=sampler, pruner=pruner,
-    )  # fmt: skip
-    stored = study.user_attrs.get("reglab_spec")
-    if stored is None:
-        study.set_user_attr("reglab_spec", spec)
-    elif stored != spec:
-        diff = [k for k in sorted(set(stored) | set(spec)) if stored.get(k) != spec.get(k)]
-        details = []
-        for k in diff:
-            if k == "base" and isinstance(stored.get(k), dict) and isinstance(spec.get(k), dict):
-                a, b = stored[k], spec[k]
-                fields = [f for f in sorted(set(a) | set(b)) if a.get(f) != b.get(f)]
-                details += [f"{f}: study {a.get(f)!r}, now {b.get(f)!r}" for f in fields[:3]]
-            else:
-                details.append(f"{k}: study {stored.get(k)!r}, now {spec.get(k)!r}")
-        raise SweepError(
-            f"study {name!r} in {redact(storage.url)} belongs to a different sweep "
-            f"({'; '.join(details)}): use another --dir or --study-name for it"
-        )
-    return study
+# --------------------------------------------------------------------------------------------
+# Serializable SQLite (see the module docstring).
+
+_SERIAL_URLS: set[str] = set()  # SQLite URLs whose transactions begin IMMEDIATE in this process
+_opening = threading.local()  # set while a storage is being built in this thread
+_listening = False
 
 
-def machine_id() -> str:
-    """This machine: host name and boot id (pids are only comparable within one boot)."""
-    boot = ""
-    with contextlib.suppress(OSError):
-        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    return f"{socket.gethostname()}/{boot}"
+def _serialize_sqlite(url: str) -> None:
+    """Make every later transaction on ``url`` (an SQLite URL) ``BEGIN IMMEDIATE``."""
+    global _listening
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+
+    if not _listening:
+
+        def begin(conn: Any) -> None:
+            # only the connections of storages opened here: their driver-level transaction
+            # handling is off (isolation_level None); another engine on the same file is left be
+            if (conn.engine.url.render_as_string(hide_password=False) in _SERIAL_URLS
+                    and conn.connection.dbapi_connection.isolation_level is None
+                    and not getattr(_opening, "on", False)):  # fmt: skip
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+        event.listen(Engine, "begin", begin)
+        _listening = True
+    _SERIAL_URLS.add(url)
 
 
-def process_start(pid: int) -> str | None:
-    """The start time of process ``pid`` in clock ticks since boot (Linux), to tell a pid that
-    was reused from the process that held it; None where /proc does not say."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return stat.rsplit(")", 1)[1].split()[19]  # field 22, counted after the command name
+def _retry_class() -> Any:
+    """Optuna's callback class that enqueues a heartbeat-stale trial again (its public name in
+    optuna >= 4.9, the older one before)."""
+    cls = getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", None)
+    return cls if cls is not None else optuna.storages.RetryFailedTrialCallback
 
 
-def process_alive(pid: int, start: str | None) -> bool:
-    """True if process ``pid`` exists and, when ``start`` is known, is the same process."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, another user's
-        pass
-    now = process_start(pid)
-    return start is None or now is None or now == start
-
-
-def failure(trial: FrozenTrial) -> dict[str, str]:
-    """The ``failure`` attribute of a FAIL trial; stale heartbeats left none."""
-    return trial.user_attrs.get("failure") or {"kind": "stale", "message": "heartbeat stopped"}
-
-
-def is_duplicate(trial: FrozenTrial) -> bool:
-    return trial.state == TrialState.FAIL and failure(trial)["kind"] == "duplicate"
-
-
-def fail_trial(storage: RDBStorage, trial: FrozenTrial, kind: str, message: str) -> bool:
-    """Mark a RUNNING or WAITING trial FAIL with a reason; False if it had finished already."""
-    try:
-        storage.set_trial_user_attr(trial._trial_id, "failure", {"kind": kind, "message": message})
-        return storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
-    except UpdateFinishedTrialError:
-        return False
-
-
-def reconcile(
-    study: optuna.Study, storage: RDBStorage, jobs: Sequence[Job], since: datetime
-) -> list[FrozenTrial]:
-    """Fail the trials of dead workers and enqueue every job that needs a run (see the module
-    docstring). Returns the trials it failed (their run directories are now stale)."""
-    failed: list[FrozenTrial] = []
+def _retry_callback() -> Any:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        before = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
-        optuna.storages.fail_stale_trials(study)
-    trials = study.get_trials(deepcopy=False)
-    failed += [t for t in trials if t.number in before and t.state == TrialState.FAIL
-               and "failure" not in t.user_attrs]  # fmt: skip
-    me = machine_id()
-    grace = GRACE_INTERVALS * (storage.get_heartbeat_interval() or HEARTBEAT_S)
-    for t in trials:
-        a = t.user_attrs
-        if t.state != TrialState.RUNNING:
-            continue
-        message = None
-        if a.get("host") == me and "pid" in a and a["pid"] != os.getpid():
-            if not process_alive(a["pid"], a.get("pid_start")):
-                message = f"its worker (pid {a['pid']} on this machine) is gone"
-        # a worker writes its pid right after the claim; one that never did died then
-        elif "pid" not in a and t.datetime_start is not None and (
-            (datetime.now() - t.datetime_start).total_seconds() > grace
-        ):
-            message = "its worker died as it claimed the trial"
-        if message is not None and fail_trial(storage, t, "died", message):
-            failed.append(storage.get_trial(t._trial_id))
-    if failed:
-        trials = study.get_trials(deepcopy=False)
+        warnings.simplefilter("ignore", FutureWarning)
+        return _retry_class()(max_retry=MAX_RETRY, inherit_intermediate_values=True)
 
-    by_key: dict[str, list[FrozenTrial]] = {}
-    for t in trials:
-        if "key" in t.user_attrs and not is_duplicate(t):
-            by_key.setdefault(t.user_attrs["key"], []).append(t)
+
+def open_storage(url: str, heartbeat_s: int | None = None) -> RDBStorage:
+    """An RDBStorage for any SQLAlchemy URL. With ``heartbeat_s``: heartbeats every so many
+    seconds, stale after GRACE_INTERVALS of them, and stale trials enqueued again."""
+    from sqlalchemy.engine import make_url
+
+    kwargs: dict[str, Any] = {}
+    sqlite = url.startswith("sqlite")
+    if sqlite:  # the driver's own transaction handling off: BEGIN IMMEDIATE is emitted instead
+        kwargs["engine_kwargs"] = {"connect_args": {"timeout": SQLITE_TIMEOUT_S,
+                                                    "isolation_level": None}}  # fmt: skip
+    if heartbeat_s is not None:
+        kwargs["heartbeat_interval"] = heartbeat_s
+        kwargs["grace_period"] = GRACE_INTERVALS * heartbeat_s
+        params = inspect.signature(RDBStorage).parameters
+        name = ("heartbeat_stale_trial_callback" if "heartbeat_stale_trial_callback" in params
+                else "failed_trial_callback")  # fmt: skip
+        kwargs[name] = _retry_callback()
+    last: Exception | None = None
+    for attempt in range(5):  # two processes creating the same new database may collide once
+        _opening.on = True
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                warnings.simplefilter("ignore", FutureWarning)
+                storage = RDBStorage(url, **kwargs)
+            if sqlite:
+                _serialize_sqlite(make_url(url).render_as_string(hide_password=False))
+            return storage
+        except Exception as e:  # sqlalchemy's OperationalError, e.g. "table already exists"
+            if "unable to open database" in str(e) or "No module named" in str(e):
+                last = e
+                break
+            last = e
+            time.sleep(0.2 * (attempt + 1))
+        finally:
+            _opening.on = False
+    raise SweepError(f"cannot open the study storage {redact(url)} ({_first_line(last)}): check "
+                     "--storage")  # fmt: skip
+
+
+def _spec_diff(stored: dict[str, Any], spec: dict[str, Any]) -> list[str]:
+    details = []
+    for k in sorted(set(stored) | set(spec)):
+        a, b = stored.get(k), spec.get(k)
+        if a == b:
+            continue
+        if isinstance(a, dict) and isinstance(b, dict):
+            fields = [f for f in sorted(set(a) | set(b)) if a.get(f) != b.get(f)]
+            details += [f"{f}: study {a.get(f)!r}, now {b.get(f)!r}" for f in fields[:3]]
+        else:
+            details.append(f"{k}: study {a!r}, now {b!r}")
+    return details
+
+
+def comparable(stored: dict[str, Any], spec: dict[str, Any]) -> dict[str, Any]:
+    """``stored`` as ``spec`` would say it: its base restricted to the experiment settings that
+    ``spec`` has too (a study made before a setting became a system setting, or before a new
+    setting existed, is still the same sweep)."""
+    a, b = stored.get("base"), spec.get("base")
+    if not isinstance(a, dict) or not isinstance(b, dict):
+        return stored
+    keep = {k: v for k, v in a.items()
+            if k in b and k in SETTINGS and SETTINGS[k].kind == "experiment"}  # fmt: skip
+    return {**stored, "base": {**b, **keep}}
+
+
+def open_study(
+    url: str,
+    name: str,
+    spec: dict[str, Any],
+    heartbeat_s: int | None = None,
+    sampler: optuna.samplers.BaseSampler | None = None,
+    pruner: optuna.pruners.BasePruner | None = None,
+) -> tuple[optuna.Study, int]:
+    """Create or load the study ``name`` in the storage at ``url`` (creation is atomic in the
+    storage: one of several processes creates it, the others load it) and check that it belongs
+    to this sweep: ``spec`` (the kind of sweep, its search ranges and the experiment settings of
+    its base config, stored in the study) must match. Returns the study and its heartbeat
+    interval: the one stored in it (``heartbeat_s`` None, or equal), or ``heartbeat_s`` (else
+    HEARTBEAT_S) for a new study."""
+    study = optuna.create_study(
+        storage=open_storage(url), study_name=name, direction="maximize", load_if_exists=True,
+        sampler=sampler, pruner=pruner,
+    )  # fmt: skip
+    attrs = study.user_attrs
+    if SPEC_ATTR not in attrs:
+        study.set_user_attr(SPEC_ATTR, spec)
+    if HEARTBEAT_ATTR not in attrs:
+        study.set_user_attr(HEARTBEAT_ATTR, heartbeat_s or HEARTBEAT_S)
+    attrs = study.user_attrs  # two commands creating it at once: the last write stands
+    stored = comparable(attrs[SPEC_ATTR], spec)
+    if stored != spec:
+        raise SweepError(
+            f"study {name!r} in {redact(url)} belongs to a different sweep "
+            f"({'; '.join(_spec_diff(stored, spec))}): use another --dir or --study-name for it"
+        )
+    beat = int(attrs[HEARTBEAT_ATTR])
+    if heartbeat_s is not None and heartbeat_s != beat:
+        raise SweepError(
+            f"study {name!r} uses a heartbeat of {beat} s (every worker of a sweep must beat as "
+            f"often as the others expect), not {heartbeat_s}: leave out --heartbeat"
+        )
+    return study, beat
+
+
+def load_study(url: str, name: str, heartbeat_s: int | None = None,
+               sampler: optuna.samplers.BaseSampler | None = None,
+               pruner: optuna.pruners.BasePruner | None = None) -> optuna.Study:  # fmt: skip
+    """The existing study ``name`` (for workers and read-only views)."""
+    return optuna.load_study(study_name=name, storage=open_storage(url, heartbeat_s),
+                             sampler=sampler, pruner=pruner)  # fmt: skip
+
+
+# --------------------------------------------------------------------------------------------
+# Jobs and their trials.
+
+
+def key_of(t: FrozenTrial) -> str | None:
+    return t.user_attrs.get("key")
+
+
+def failure(t: FrozenTrial) -> dict[str, str]:
+    """The ``failure`` attribute of a FAIL trial; a stale heartbeat leaves none."""
+    return t.user_attrs.get("failure") or {
+        "kind": "stale", "message": "its worker stopped beating (killed, or its machine lost)"}
+
+
+def is_extra(t: FrozenTrial) -> bool:
+    """A trial that never was a job's attempt: a duplicate of an enqueued job, or a surplus
+    trial that Optuna created when the queue was empty."""
+    return t.state == TrialState.FAIL and failure(t)["kind"] in ("duplicate", "surplus")
+
+
+def by_job(trials: Iterable[FrozenTrial], keys: Iterable[str] | None = None
+           ) -> dict[str, list[FrozenTrial]]:  # fmt: skip
+    """The attempts of each job (duplicates and surplus trials left out), in trial order."""
+    wanted = set(keys) if keys is not None else None
+    out: dict[str, list[FrozenTrial]] = {}
+    for t in sorted(trials, key=lambda t: t.number):
+        k = key_of(t)
+        if k is not None and not is_extra(t) and (wanted is None or k in wanted):
+            out.setdefault(k, []).append(t)
+    return out
+
+
+def owner_of(trials: Iterable[FrozenTrial], key: str) -> int | None:
+    """The number of the trial that owns job ``key``: its lowest-numbered trial not FAIL."""
+    live = [t.number for t in trials if key_of(t) == key and t.state != TrialState.FAIL]
+    return min(live, default=None)
+
+
+def enqueue_jobs(study: optuna.Study, jobs: Sequence[Job]) -> list[str]:
+    """Enqueue every job of ``jobs`` that has no WAITING, RUNNING, COMPLETE or PRUNED trial
+    (a search job whose earlier attempt drew values is enqueued with them). Returns the keys
+    enqueued."""
+    attempts = by_job(study.get_trials(deepcopy=False))
+    added = []
     for job in jobs:
-        mine = by_key.get(job.key, [])
+        mine = attempts.get(job.key, [])
         if any(t.state in FINISHED_OK + ACTIVE for t in mine):
             continue
-        if any(failure(t)["kind"] in ("error", "interrupted") and t.datetime_complete is not None
-               and t.datetime_complete >= since for t in mine):  # fmt: skip
-            continue  # failed in this command: retried when the command is run again
-        # a search trial is retried with the values it had drawn
-        fixed = next((t.params for t in reversed(mine) if t.params), {})
-        study.enqueue_trial(fixed, user_attrs={"key": job.key, "params": job.params})
-    return failed
+        drawn = next((t for t in reversed(mine) if t.params), None)
+        params = dict(drawn.params) if drawn is not None else {
+            k: v for k, v in job.params.items() if is_number(v)}  # fmt: skip
+        attrs = {"key": job.key, "params": dict(job.params), "values": dict(job.values)}
+        if drawn is not None:
+            attrs.update(params=drawn.user_attrs.get("params", job.params),
+                         values=drawn.user_attrs.get("values", job.values))  # fmt: skip
+        study.enqueue_trial(params, user_attrs=attrs)
+        added.append(job.key)
+    return added
 
 
-def claim(study: optuna.Study, storage: RDBStorage, keys: set[str]) -> FrozenTrial | None:
-    """Take the lowest-numbered WAITING trial of one of ``keys`` (RUNNING from now on, this
-    process's); None when there is none left."""
-    for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
-        if t.user_attrs.get("key") not in keys:
-            continue
-        try:
-            if not storage.set_trial_state_values(t._trial_id, TrialState.RUNNING):
-                continue  # another worker took it first
-        except UpdateFinishedTrialError:
-            continue
-        if storage.get_heartbeat_interval() is not None:  # alive from the first moment
-            storage.record_heartbeat(t._trial_id)
-        pid = os.getpid()
-        for k, v in (("host", machine_id()), ("pid", pid), ("pid_start", process_start(pid))):
-            storage.set_trial_user_attr(t._trial_id, k, v)
-        return storage.get_trial(t._trial_id)
-    return None
+def requeue(study: optuna.Study, t: FrozenTrial) -> None:
+    """Enqueue job ``t`` again, with its values (what the retry callback does for a stale one)."""
+    a = t.user_attrs
+    params = dict(t.params) or {k: v for k, v in a.get("params", {}).items() if is_number(v)}
+    study.enqueue_trial(params, user_attrs={k: a[k] for k in ("key", "params", "values")
+                                            if k in a})  # fmt: skip
 
 
-def owner_of(study: optuna.Study, trial: FrozenTrial) -> int | None:
-    """The number of an earlier trial that owns ``trial``'s job (finished well, running or
-    waiting), or None if ``trial`` is the job's owner."""
-    key = trial.user_attrs.get("key")
-    for t in study.get_trials(deepcopy=False):
-        if (t.number < trial.number and t.user_attrs.get("key") == key
-                and t.state in FINISHED_OK + ACTIVE):  # fmt: skip
-            return t.number
-    return None
+def fail_stale(study: optuna.Study) -> None:
+    """Optuna's ``fail_stale_trials``: RUNNING trials silent past the grace period become FAIL
+    and the storage's retry callback enqueues them again."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
 
 
-class Heartbeat:
-    """Records the trial's heartbeat every ``storage.heartbeat_interval`` seconds in a thread,
-    from the claim until the trial is told; without it the trial looks dead after the grace."""
-
-    def __init__(self, storage: RDBStorage, trial_id: int):
-        self.storage, self.trial_id = storage, trial_id
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True, name="reglab-heartbeat")
-
-    def _run(self) -> None:
-        interval = self.storage.get_heartbeat_interval()
-        while not self.stop.wait(interval):
-            with contextlib.suppress(Exception):  # a missed beat is retried at the next one
-                self.storage.record_heartbeat(self.trial_id)
-
-    def __enter__(self) -> Heartbeat:
-        if self.storage.get_heartbeat_interval() is not None:
-            self.storage.record_heartbeat(self.trial_id)
-            self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        if self.thread.is_alive():
-            self.thread.join()
-
-
-@contextlib.contextmanager
-def file_lock(path: Path) -> Iterator[None]:
-    """An exclusive lock on ``path`` between processes of this machine (no-op without fcntl)."""
-    try:
-        import fcntl
-    except ImportError:  # not POSIX: duplicates are then resolved by owner_of
-        yield
-        return
-    with open(path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+def trial_by_number(study: optuna.Study, number: int) -> FrozenTrial | None:
+    return next((t for t in study.get_trials(deepcopy=False) if t.number == number), None)
