@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
@@ -132,7 +133,8 @@ def resume_config(run: Path, stored: dict[str, Any], flags: dict[str, Any]) -> T
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from reglab.training import RunDir, distributed, train
+    from reglab.training import RunDir, train
+    from reglab.training.distributed import from_environment, shutdown
 
     resume = getattr(args, "resume", None)
     if resume:
@@ -148,7 +150,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         path = Path(cfg.runs_dir) / (cfg.name or RunDir.default_name(cfg.preset or cfg.model))
         mode = "overwrite" if cfg.overwrite else "new"
     check_data_dir(cfg.data_dir)
-    dist = distributed.from_environment(cfg.device)
+    dist = from_environment(cfg.device)
     run_dir = RunDir(path, mode=mode, writer=dist.is_main)
     try:
         train(cfg, run_dir=run_dir, resume=bool(resume), dist=dist)
@@ -156,7 +158,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         run_dir.discard_if_unused()  # no empty run directories left by a bad setting
         raise
     finally:
-        distributed.shutdown(dist)
+        shutdown(dist)
     return 0
 
 
@@ -201,7 +203,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         config_file=getattr(args, "config", None), grid=args.grid or [], seeds=args.seeds,
         trials=args.trials, search=args.search or [], prune=args.prune, storage=args.storage,
         study_name=args.study_name, workers=args.workers, devices=args.devices,
-        heartbeat=args.heartbeat, final=args.final, command=" ".join(sys.argv[1:]),
+        heartbeat=args.heartbeat, final=args.final,
+        command="reglab " + " ".join(shlex.quote(a) for a in args.argv),
     )  # fmt: skip
     return run_sweep(request)
 
@@ -343,7 +346,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
+    args.argv = argv  # the command as given (a sweep records it)
     from reglab.data import DataError
     from reglab.training.rundir import RunDirError
 

@@ -25,8 +25,7 @@ from reglab.models import MODELS, create_model
 from reglab.regularization import Regularization, build_regularization
 from reglab.regularization.audit import AuditResult, audit_regularization
 from reglab.regularization.diagnostics import bn_followed_weights
-from reglab.training import distributed
-from reglab.training.distributed import DistInfo
+from reglab.training.distributed import DistInfo, device_for
 from reglab.training.optim import build_optimizer, lr_at
 from reglab.training.precision import Precision, cpu_flags, cpu_model, resolve_precision
 from reglab.training.step import train_step
@@ -92,7 +91,7 @@ def build(
     """Everything a run of ``cfg`` needs. ``model``: train this network instead of the registered
     ``cfg.model`` (any nn.Module taking NCHW float batches and returning logits)."""
     dist = dist or DistInfo()
-    device = distributed.device_for(dist, cfg.device)
+    device = device_for(dist, cfg.device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     seed_everything(cfg.seed)

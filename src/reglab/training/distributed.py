@@ -69,6 +69,15 @@ def broadcast(info: DistInfo, obj: Any) -> Any:
     return box[0]
 
 
+def all_reduce_sum(info: DistInfo, t: torch.Tensor) -> torch.Tensor:
+    """The sum of ``t`` over every rank (``t`` itself for a single process)."""
+    if not info.enabled:
+        return t
+    buf = t if info.backend == "nccl" else t.cpu().clone()
+    dist.all_reduce(buf)
+    return buf
+
+
 def all_finite(info: DistInfo, flag: torch.Tensor) -> bool:
     """True iff ``flag`` is True on every rank (one all-reduce; a sync)."""
     if not info.enabled:

@@ -26,10 +26,9 @@ from reglab.data import CIFAR10
 from reglab.errors import ReglabError
 from reglab.regularization.audit import AuditError
 from reglab.regularization.diagnostics import bn_followed_weights, weight_diagnostics
-from reglab.training import distributed
 from reglab.training.builder import Setup, audit_first_step, build, environment
 from reglab.training.checkpoint import capture_rng, load_latest, restore_rng, save_checkpoint
-from reglab.training.distributed import DistInfo
+from reglab.training.distributed import DistInfo, all_finite, all_reduce_sum, broadcast
 from reglab.training.rundir import RunDir
 from reglab.training.step import evaluate, train_step
 from reglab.training.tensorboard_log import (
@@ -244,7 +243,7 @@ def run_steps(
             tb.row(row)
 
     def check_finite(step: int, x: torch.Tensor, out) -> None:
-        if not distributed.all_finite(dist, finite):
+        if not all_finite(dist, finite):
             raise NonFiniteError(nonfinite_message(setup, step, x, out.data_loss, run_dir))
 
     setup.model.train()
@@ -260,7 +259,7 @@ def run_steps(
                 if run_dir is not None:
                     run_dir.write_text("audit.txt", audit.report())
                 verdict = None if audit.ok else audit.error()
-            verdict = distributed.broadcast(dist, verdict)
+            verdict = broadcast(dist, verdict)
             if verdict is not None:  # a regularizer that does not act as its formula says
                 raise AuditError(verdict)
             progress.eval_seconds += time.perf_counter() - t0  # the audit is not training time
@@ -296,9 +295,7 @@ def run_steps(
             check_finite(done, x, out)
             sums = torch.stack([loss_sum, correct.float(),
                                 torch.tensor(float(progress.seen), device=device)])  # fmt: skip
-            if dist.enabled:
-                torch.distributed.all_reduce(sums if dist.backend == "nccl" else sums.cpu())
-            total_loss, total_correct, total_seen = sums.tolist()
+            total_loss, total_correct, total_seen = all_reduce_sum(dist, sums).tolist()
             per_batch = (time.perf_counter() - interval_start) / max(progress.interval_steps, 1)
             train_loss, train_acc = total_loss / total_seen, total_correct / total_seen
             say(f"[train]: step {done} loss = {train_loss:.4f} acc = {train_acc:.4f} "
@@ -333,7 +330,7 @@ def run_steps(
                        "split": split, "loss": val_loss, "acc": val_acc, "lr": lr,
                        "penalty": 0.0 if pen is None else pen.item(),
                        "elapsed": time.perf_counter() - started}  # fmt: skip
-            row = distributed.broadcast(dist, row)  # every rank keeps the same history
+            row = broadcast(dist, row)  # every rank keeps the same history
             log(row)
             elapsed_eval = time.perf_counter() - t0
             progress.eval_seconds += elapsed_eval
@@ -346,7 +343,7 @@ def run_steps(
         else:  # by time; under torchrun rank 0's clock decides, every 50 steps
             due = time.perf_counter() - last_checkpoint >= DEFAULT_CHECKPOINT_SECONDS
             if dist.enabled:
-                due = done % 50 == 0 and distributed.broadcast(dist, due)
+                due = done % 50 == 0 and broadcast(dist, due)
         if run_dir is not None and (due or done == setup.steps):
             check_finite(done, x, out)  # a checkpoint is never written from a non-finite state
             progress.loss_sum, progress.correct = loss_sum.item(), int(correct.item())
