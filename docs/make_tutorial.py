@@ -83,7 +83,7 @@ COLOURS = {0.0: "black", 1e-4: "tab:blue", 1e-3: "tab:orange"}
 def curves(runs: list[TutorialRun], out: Path) -> None:
     fig, axes = plt.subplots(2, 2, figsize=(10, 6.5), dpi=100, sharex=True)
     for r in runs:
-        c = COLOURS.get(r.lam, None)
+        c = COLOURS.get(r.lam)
         train, hold = r.split("train"), r.holdout
         axes[0][0].plot([x["step"] for x in train], [x["loss"] for x in train], color=c,
                         label=r.label)  # fmt: skip
@@ -115,7 +115,7 @@ def curves(runs: list[TutorialRun], out: Path) -> None:
 def weights(runs: list[TutorialRun], out: Path) -> None:
     fig, (left, mid, right) = plt.subplots(1, 3, figsize=(12, 3.4), dpi=100)
     for r in runs:
-        c = COLOURS.get(r.lam, None)
+        c = COLOURS.get(r.lam)
         train = r.split("train")
         steps = [x["step"] for x in train]
         left.plot(steps, [x["weight_norm/conv.weight"] for x in train], color=c, label=r.label)
