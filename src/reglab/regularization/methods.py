@@ -146,8 +146,25 @@ def _add_scaled(tensors: list[torch.Tensor], others: list[torch.Tensor], alpha: 
         torch._foreach_add_(tensors, others, alpha=alpha)
 
 
+class LinearGradient(Regularizer):
+    """A method whose whole effect is p.grad += scale·p before the optimizer (L2 penalties and
+    coupled decay): one fused foreach add, and the audit's expected change scale·w."""
+
+    @property
+    def scale(self) -> float:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def before_step(self, lr: float) -> None:
+        weights, grads = self._grads()
+        _add_scaled(grads, weights, self.scale)
+
+    def expected_change(self, w, lr, name):
+        return self.scale * w
+
+
 @register_regularizer
-class L2Penalty(Regularizer):
+class L2Penalty(LinearGradient):
     """λ Σ‖w‖² added to the objective; its gradient 2λw (no 1/2: the tutorial's text, Keras)."""
 
     name = "l2"
@@ -155,20 +172,16 @@ class L2Penalty(Regularizer):
     formula = "+2λw"
     is_penalty = True
 
+    @property
+    def scale(self) -> float:
+        return 2 * self.coef
+
     def penalty(self) -> torch.Tensor:
         return self.coef * l2_penalty(self.tensors)
 
-    @torch.no_grad()
-    def before_step(self, lr: float) -> None:
-        weights, grads = self._grads()
-        _add_scaled(grads, weights, 2 * self.coef)
-
-    def expected_change(self, w, lr, name):
-        return 2 * self.coef * w
-
 
 @register_regularizer
-class HalfL2Penalty(Regularizer):
+class HalfL2Penalty(LinearGradient):
     """λ Σ‖w‖²/2 added to the objective; its gradient λw. TensorFlow's ``tf.nn.l2_loss`` (so
     tf-slim's ``l2_regularizer(λ)``, the tutorial's code) and, under SGD, torch.optim's
     ``weight_decay=λ``."""
@@ -178,16 +191,12 @@ class HalfL2Penalty(Regularizer):
     formula = "+λw"
     is_penalty = True
 
+    @property
+    def scale(self) -> float:
+        return self.coef
+
     def penalty(self) -> torch.Tensor:
         return 0.5 * self.coef * l2_penalty(self.tensors)
-
-    @torch.no_grad()
-    def before_step(self, lr: float) -> None:
-        weights, grads = self._grads()
-        _add_scaled(grads, weights, self.coef)
-
-    def expected_change(self, w, lr, name):
-        return self.coef * w
 
 
 @register_regularizer
@@ -214,7 +223,7 @@ class L1Penalty(Regularizer):
 
 
 @register_regularizer
-class CoupledWeightDecay(Regularizer):
+class CoupledWeightDecay(LinearGradient):
     """torch.optim's ``weight_decay``: p.grad += wd·p before the optimizer, so the decay is scaled
     by lr and goes through momentum and Adam's normalisation. Under plain or momentum SGD it equals
     the L2 penalty with λ = wd/2 (l2-half with λ = wd); under Adam it does not."""
@@ -224,13 +233,9 @@ class CoupledWeightDecay(Regularizer):
                   "momentum or Adam's normalisation)")  # fmt: skip
     formula = "+wd·w"
 
-    @torch.no_grad()
-    def before_step(self, lr: float) -> None:
-        weights, grads = self._grads()
-        _add_scaled(grads, weights, self.coef)
-
-    def expected_change(self, w, lr, name):
-        return self.coef * w
+    @property
+    def scale(self) -> float:
+        return self.coef
 
 
 @register_regularizer

@@ -34,7 +34,7 @@ import optuna
 import yaml
 from optuna.trial import FrozenTrial, TrialState
 
-from reglab.config import ConfigError, TrainConfig, build_config, load_config_file
+from reglab.config import ConfigError, TrainConfig, build_config, load_config_file, setting_label
 from reglab.data import DataError, load_cifar10
 from reglab.sweeps.select import Result, SettingStats, describe, pct, rank, recommend
 from reglab.sweeps.space import (
@@ -44,7 +44,6 @@ from reglab.sweeps.space import (
     parse_grid,
     parse_search,
     search_jobs,
-    setting_label,
 )
 from reglab.sweeps.study import (
     HEARTBEAT_S,

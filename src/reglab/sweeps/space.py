@@ -37,7 +37,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from reglab.config import SETTINGS, ConfigError, Setting, TrainConfig, build_config, coerce, lookup
+from reglab.config import (
+    SETTINGS,
+    ConfigError,
+    Setting,
+    TrainConfig,
+    build_config,
+    coerce,
+    lookup,
+)
+from reglab.config import canonical as canon
 
 _PLUS = re.compile(r"\+(?=[^0-9])")  # joins the rules of a repeatable setting; '1e+3' keeps it
 
@@ -96,22 +105,6 @@ def parse_value(s: Setting, token: str, what: str) -> Any:
     if s.repeatable:
         value = [part.strip() for part in _PLUS.split(value) if part.strip()]
     return coerce(s, value, f"{what} {s.flag}: value {token.strip()!r}")
-
-
-def canon(value: Any) -> str:
-    """Canonical text of a value, for keys and labels: floats by their shortest form
-    (1e-4 -> 0.0001), lists of rules joined by '+', tuples by ','."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if value is None:
-        return "none"
-    if isinstance(value, float):
-        return f"{value:.12g}"
-    if isinstance(value, list):
-        return "+".join(canon(v) for v in value)
-    if isinstance(value, tuple):
-        return ",".join(canon(v) for v in value)
-    return str(value)
 
 
 def json_value(value: Any) -> Any:
@@ -248,12 +241,6 @@ def trial_config(
     cfg = build_config(None, file_values, {**settings, **given}, file_name=file_name)
     unset = {k: None for k, v in values.items() if v is None}
     return cfg.replace(**unset) if unset else cfg
-
-
-def setting_label(params: dict[str, Any]) -> str:
-    """'l2=0.0001 lr=0.1' for a trial's values without its seed ('base' when nothing varies)."""
-    items = [f"{k}={canon(v)}" for k, v in params.items() if k != "seed"]
-    return " ".join(items) or "base"
 
 
 def job_dir_name(key: str, limit: int = 80) -> str:
