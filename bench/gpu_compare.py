@@ -33,13 +33,14 @@ from reglab.training import train
 def reglab_runs(preset: str, data, runs: int, device: str, tiny: bool, **overrides) -> list:
     results = []
     for seed in range(-1, runs):  # seed -1: warm-up run, not counted
-        o = {"device": device, "seed": max(seed, 0), "holdout": 10_000, **overrides}
+        o = {"device": device, "seed": max(seed, 0), "holdout": 10_000, "tensorboard": False,
+             **overrides}
         if tiny:
             o.update(epochs=0.5, eval_batch_size=500)
         cfg = build_config(preset, overrides=o)
         s = train(cfg, data=data, quiet=True)
-        row = {"seed": seed, "train_seconds": s["train_seconds"], "acc": s["final_val_acc"],
-               "images_per_second": s["images_per_second"]}  # fmt: skip
+        row = {"seed": seed, "train_seconds": s.train_seconds, "acc": s.final_val_acc,
+               "images_per_second": s.images_per_second}  # fmt: skip
         print(f"reglab {preset} {overrides or ''}: {row}", flush=True)
         if seed >= 0:
             results.append(row)
@@ -114,8 +115,7 @@ def main() -> None:
                                                               args.tiny)  # fmt: skip
     table["reglab quick preset (CPU net)"] = reglab_runs("quick", data, 1, device, args.tiny)
     for variant in args.variant:  # e.g. lr=1.6 or compile=true: one run each after a warm-up
-        key, value = variant.split("=")
-        value = value == "true" if value in ("true", "false") else float(value)
+        key, value = variant.split("=")  # the settings schema parses the value
         table[f"reglab gpu preset, {variant}"] = reglab_runs("gpu", data, 1, device, args.tiny,
                                                              **{key: value})  # fmt: skip
     if cuda and not args.skip_airbench:
