@@ -343,3 +343,18 @@ def test_page_renders_in_headless_chromium_with_every_figure(sweep, tmp_path):
                           "Settings, by holdout accuracy", "Figures", "Runs",
                           "Not counted as results", "Conventions"]  # fmt: skip
     assert seen["tables"] == [1, 4, 9]  # the --final result, the settings, the runs
+
+
+def test_a_run_with_its_penalty_left_out_is_compared_as_lambda_zero():
+    """--no-penalty-in-loss (the tutorial's run as it ran): the report compares it as the λ that
+    acted, 0, not as the λ it declared."""
+    from reglab.reports.load import acting
+
+    declared = {"l2": 0.0, "regularizers": ["l2-half=1e-4", "decay-per-step=1e-3@norm"],
+                "penalty_in_loss": False}  # fmt: skip
+    assert acting(declared) == {
+        "l2": 0.0, "regularizers": ["l2-half=0", "decay-per-step=1e-3@norm"],
+        "penalty_in_loss": True,
+    }  # fmt: skip
+    applied = {**declared, "penalty_in_loss": True}
+    assert acting(applied) is applied

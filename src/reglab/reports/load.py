@@ -135,10 +135,26 @@ def _rows(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def acting(config: dict[str, Any]) -> dict[str, Any]:
+    """The config as it acted: with ``penalty_in_loss`` off (the tutorial's bug reproduced) the
+    penalties' coefficients are 0 in effect, and a run is compared as such (its λ is 0)."""
+    if config.get("penalty_in_loss", True):
+        return config
+    from reglab.regularization import find_method, parse_rule
+
+    rules = []
+    for text in config.get("regularizers") or []:
+        rule = parse_rule(text)
+        cls = find_method(rule.method)
+        rules.append(text if cls is None or not cls.is_penalty else
+                     rule.__class__(rule.method, 0.0, rule.scope).text)  # fmt: skip
+    return {**config, "l2": 0.0, "regularizers": rules, "penalty_in_loss": True}
+
+
 def read_run(path: Path, sweep: str | None = None) -> Run:
     config: dict[str, Any] = {}
     if (path / "config.yaml").is_file():
-        config = yaml.safe_load((path / "config.yaml").read_text()) or {}
+        config = acting(yaml.safe_load((path / "config.yaml").read_text()) or {})
     run = Run(
         path=path, name=path.name, config=config, summary=_json(path / "summary.json"),
         rows=_rows(path / "metrics.jsonl"), trial=_json(path / "trial.json"), sweep=sweep,
