@@ -165,10 +165,10 @@ def test_bf16_autocast_trains_as_well_as_fp32(real_data_dir):
     for precision in accs:
         for seed in (0, 1):
             cfg = build_config("quick", overrides={
-                "data_dir": str(real_data_dir), "holdout": 1000, "train_limit": 1280,
-                "steps": 20, "batch_size": 64, "warmup_steps": 4, "val_every": 20,
-                "log_every": 20, "seed": seed, "precision": precision, "tensorboard": False,
-                "audit": False})  # fmt: skip
+                "data_dir": str(real_data_dir), "holdout": 1000, "train_limit": 1024,
+                "steps": 16, "batch_size": 64, "warmup_steps": 4, "val_every": 16,
+                "log_every": 16, "seed": seed, "precision": precision, "tensorboard": False,
+                "audit": False, "eval_batch_size": 500})  # fmt: skip
             result = train(cfg, quiet=True)
             assert result.environment["precision"] == precision
             accs[precision].append(result.final_val_acc)
