@@ -86,7 +86,7 @@ def test_a_diverging_run_stops_on_the_step_naming_the_learning_rate(tmp_path):
         train(tiny(lr=1e6, steps=40, checkpoint_every=2), run_dir=run, data=synthetic_cifar(),
               quiet=True)  # fmt: skip
     message = str(info.value)
-    step = int(message.split("by step ")[1].split(" ")[0].rstrip(":"))
+    step = int(message.split("at step ")[1].split(" ")[0].rstrip(":"))
     assert "the learning rate 1e+06 is the likely cause: lower --lr" in message
     assert "last good checkpoint" in message
     # caught on the step it happened: every checkpoint on disk is finite and older than it
@@ -115,7 +115,7 @@ def test_non_finite_data_is_named(monkeypatch):
         return x, y
 
     monkeypatch.setattr(BatchPipeline, "next_batch", corrupt)
-    with pytest.raises(NonFiniteError, match="by step 1: the input batch itself holds NaN"):
+    with pytest.raises(NonFiniteError, match="at step 1: the input batch itself holds NaN"):
         train(tiny(steps=4), data=synthetic_cifar(), quiet=True)
 
 

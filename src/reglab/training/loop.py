@@ -228,6 +228,7 @@ def run_steps(
     # the finite flag is read (a sync; under torchrun an all-reduce) this often
     check_every = 1 if device.type == "cpu" and not dist.enabled else 50
     finite = torch.ones((), dtype=torch.bool, device=device)
+    first_bad = torch.zeros((), dtype=torch.long, device=device)
     loss_sum = torch.tensor(progress.loss_sum, device=device)
     correct = torch.tensor(progress.correct, device=device)
     last_checkpoint = time.perf_counter()
@@ -244,7 +245,8 @@ def run_steps(
 
     def check_finite(step: int, x: torch.Tensor, out) -> None:
         if not all_finite(dist, finite):
-            raise NonFiniteError(nonfinite_message(setup, step, x, out.data_loss, run_dir))
+            at = int(first_bad.item()) or step
+            raise NonFiniteError(nonfinite_message(setup, at, x, out.data_loss, run_dir))
 
     setup.model.train()
     for step in range(progress.step, setup.steps):
@@ -268,16 +270,18 @@ def run_steps(
         out = train_step(setup.forward, x, y, setup.reg, setup.optimizer, lr,
                          cfg.label_smoothing, autocast, guard=guard, scaler=scaler)  # fmt: skip
         done = step + 1
-        if not out.applied:
+        if not out.applied:  # skipped: its update, and its loss in the interval's mean
             progress.skipped_steps.append(done)
             say(f"[warn]: step {done}: loss or gradient not finite, update skipped "
                 "(--on-nonfinite skip-step)")  # fmt: skip
         else:
+            # on the device, no sync: the flag, and the first step where it fell
+            first_bad = torch.where(finite & ~out.finite, done, first_bad)
             finite &= out.finite
-        # running sums stay on the device: no synchronisation until a log point
-        loss_sum += out.data_loss.detach().float() * len(y)
-        correct += (out.logits.detach().argmax(1) == y).sum()
-        progress.seen += len(y)
+            # running sums stay on the device: no synchronisation until a log point
+            loss_sum += out.data_loss.detach().float() * len(y)
+            correct += (out.logits.detach().argmax(1) == y).sum()
+            progress.seen += len(y)
         progress.interval_steps += 1
         progress.step = done
         say.update()
@@ -297,6 +301,7 @@ def run_steps(
                                 torch.tensor(float(progress.seen), device=device)])  # fmt: skip
             total_loss, total_correct, total_seen = all_reduce_sum(dist, sums).tolist()
             per_batch = (time.perf_counter() - interval_start) / max(progress.interval_steps, 1)
+            total_seen = max(total_seen, 1)  # every step of the interval skipped: 0, not 0/0
             train_loss, train_acc = total_loss / total_seen, total_correct / total_seen
             say(f"[train]: step {done} loss = {train_loss:.4f} acc = {train_acc:.4f} "
                 f"({per_batch:.4f} s / batch)")  # fmt: skip
@@ -438,7 +443,7 @@ def nonfinite_message(setup: Setup, step: int, x: torch.Tensor, data_loss: torch
                       run_dir: RunDir | None) -> str:  # fmt: skip
     """One line: where the loss or a gradient stopped being finite, the likely cause, the fix."""
     cfg = setup.cfg
-    where = f"the loss or a gradient is not finite by step {step}"
+    where = f"the loss or a gradient is not finite at step {step}"
     kept = ""
     if run_dir is not None:
         from reglab.training.checkpoint import checkpoints
