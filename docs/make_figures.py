@@ -1,18 +1,24 @@
-"""Draw docs/figures/weight_norm.png from reglab runs (see docs/regularization.md for the runs).
+"""Regenerate the figures and tables of docs/regularization.md and docs/sweep-l2-quick.md (and
+the README's λ table) from the committed records in results/.
 
-    python docs/make_figures.py RUNS_DIR [--out docs/figures/weight_norm.png]
+    python docs/make_figures.py
 
-Every run directory under RUNS_DIR holding a metrics.jsonl becomes one line, labelled with its
-``l2`` setting: left, the norm of the conv weights (the default scope without the classifier)
-over steps; right, the median effective learning rate η/‖w‖² of the weights followed by batch
-norm, divided by that of the run with the smallest λ (the schedule's η cancels out). Also prints
-each run's numbers as a markdown table.
+- docs/figures/weight_norm.png and its table, from results/regularization-1epoch/: every run
+  becomes one line, labelled by its ``l2``; left the norm of the conv weights over steps, right
+  the median effective learning rate η/‖w‖² of the weights followed by batch norm, divided by
+  that of the run with the smallest λ (the schedule's η cancels out).
+- docs/figures/sweep-l2-quick-*.png and the λ table, from results/sweep-l2-quick/, drawn by
+  ``reglab report`` itself (its accuracy and weight-norm figures).
+
+The tables are printed as markdown (and written between the generated markers of the docs).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
+import re
+import shutil
+import tempfile
 from pathlib import Path
 
 import matplotlib
@@ -21,18 +27,28 @@ import yaml
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
+from reglab.reports.load import collect
+from reglab.reports.page import write_report
+from reglab.sweeps.select import describe, rank, recommend
 from reglab.training import read_metrics
 
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "results"
+FIGURES = ROOT / "docs" / "figures"
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("runs_dir", type=Path)
-    default_out = Path(__file__).parent / "figures" / "weight_norm.png"
-    parser.add_argument("--out", type=Path, default=default_out)
-    args = parser.parse_args()
 
+def replace_between(path: Path, key: str, content: str) -> None:
+    begin, end = f"<!-- generated: {key} -->", f"<!-- end: {key} -->"
+    text = path.read_text()
+    pattern = re.compile(re.escape(begin) + ".*?" + re.escape(end), re.S)
+    if not pattern.search(text):
+        raise SystemExit(f"{path} has no {begin} ... {end} markers")
+    path.write_text(pattern.sub(lambda _: f"{begin}\n{content}\n{end}", text))
+
+
+def weight_norm_figure(folder: Path = RESULTS / "regularization-1epoch") -> str:
     runs = []
-    for run in sorted(p for p in args.runs_dir.iterdir() if (p / "metrics.jsonl").is_file()):
+    for run in sorted(p for p in folder.iterdir() if (p / "metrics.jsonl").is_file()):
         config = yaml.safe_load((run / "config.yaml").read_text())
         rows = [r for r in read_metrics(run) if r["split"] == "train"]
         summary = json.loads((run / "summary.json").read_text())
@@ -50,19 +66,62 @@ def main() -> None:
               title="effective learning rate (BN), relative")  # fmt: skip
     left.legend(fontsize=8)
     fig.tight_layout()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(args.out)
-    print(f"wrote {args.out} ({args.out.stat().st_size / 1024:.0f} KB)")
+    out = FIGURES / "weight_norm.png"
+    fig.savefig(out)
+    plt.close(fig)
 
     first, last = runs[0][1][0]["step"], runs[0][1][-1]["step"]
-    print(f"| λ (--l2) | ‖w‖ conv, step {first} | ‖w‖ conv, step {last} | η/‖w‖² vs λ = "
-          f"{runs[0][0]:g}, step {last} | holdout acc | final train loss |")  # fmt: skip
-    print("|---|---|---|---|---|---|")
+    lines = [f"| λ (`--l2`) | ‖w‖ conv, step {first} | ‖w‖ conv, step {last} | η/‖w‖² vs λ = "
+             f"{runs[0][0]:g}, step {last} | holdout acc | final train loss |",
+             "|---|---|---|---|---|---|"]  # fmt: skip
     for l2, rows, s in runs:
         ratio = rows[-1]["eff_lr_bn"] / base[rows[-1]["step"]]
-        print(f"| {l2:g} | {rows[0]['weight_norm/conv.weight']:.2f} | "
-              f"{rows[-1]['weight_norm/conv.weight']:.2f} | {ratio:.2f} | "
-              f"{s['final_val_acc']:.4f} | {s['final_train_loss']:.3f} |")  # fmt: skip
+        lines.append(f"| {l2:g} | {rows[0]['weight_norm/conv.weight']:.2f} | "
+                     f"{rows[-1]['weight_norm/conv.weight']:.2f} | {ratio:.2f} | "
+                     f"{s['final_val_acc']:.4f} | {s['final_train_loss']:.3f} |")  # fmt: skip
+    return "\n".join(lines)
+
+
+def sweep_figures(folder: Path = RESULTS / "sweep-l2-quick") -> tuple[str, str]:
+    """(the λ table, the recommendation) of the sweep; its figures copied into docs/figures."""
+    with tempfile.TemporaryDirectory() as tmp:
+        write_report([folder], tmp, "λ sweep of the quick preset")
+        for name in ("accuracy", "weight_norms"):
+            target = FIGURES / f"sweep-l2-quick-{name.replace('_', '-')}.png"
+            shutil.copy(Path(tmp) / "figures" / f"{name}.png", target)
+    col = collect([folder])
+    ranked = rank([r for r in col.results if r.split == "holdout"])
+    norms: dict[str, list[float]] = {}
+    for run in col.runs:
+        if run.summary and "weight_norm/conv.weight" in run.summary:
+            norms.setdefault(run.setting, []).append(run.summary["weight_norm/conv.weight"])
+    lines = ["| λ (`--l2`) | holdout accuracy, mean ± std over seeds | seeds "
+             "| gap: train − holdout | ‖w‖ of conv weights at the end | s / run |",
+             "|---|---|---|---|---|---|"]
+    for s in sorted(ranked, key=lambda s: float(s.values.get("l2", 0))):
+        seeds = ", ".join(f"{100 * a:.2f}" for a in s.accs)
+        norm = sum(norms[s.setting]) / len(norms[s.setting]) if s.setting in norms else None
+        best = s is ranked[0]
+        cell = f"**{describe(s)}**" if best else describe(s)
+        lam = f"**{s.values['l2']:g}**" if best else f"{s.values['l2']:g}"
+        lines.append(f"| {lam} | {cell} | {seeds} | {100 * (s.gap_mean or 0):+.2f} | "
+                     f"{norm:.1f} | {s.seconds_mean:.0f} |")  # fmt: skip
+    rec = recommend(ranked)
+    return "\n".join(lines), rec.text if rec else ""
+
+
+def main() -> None:
+    FIGURES.mkdir(parents=True, exist_ok=True)
+    if (RESULTS / "regularization-1epoch").is_dir():
+        table = weight_norm_figure()
+        replace_between(ROOT / "docs" / "regularization.md", "weight-norm", table)
+        print(table)
+    if (RESULTS / "sweep-l2-quick").is_dir():
+        table, verdict = sweep_figures()
+        for path in (ROOT / "docs" / "sweep-l2-quick.md", ROOT / "README.md"):
+            replace_between(path, "sweep-l2-quick", table)
+        replace_between(ROOT / "docs" / "sweep-l2-quick.md", "sweep-l2-quick-verdict", verdict)
+        print(table, verdict, sep="\n\n")
 
 
 if __name__ == "__main__":

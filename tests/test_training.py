@@ -177,3 +177,25 @@ def test_bf16_autocast_trains_as_well_as_fp32(real_data_dir):
     se = math.sqrt(2 * mean["fp32"] * (1 - mean["fp32"]) / (2 * 1000))
     assert abs(mean["bf16"] - mean["fp32"]) < max(3 * se, 0.02), accs
     assert mean["fp32"] > 0.2  # it learned something
+
+
+def test_compact_record_of_a_run_and_of_a_sweep(tmp_path, capsys):
+    """reglab export --compact-to: the files a report needs, never checkpoints or events."""
+    from reglab.cli import main
+
+    data = synthetic_cifar()
+    sweep = tmp_path / "sweep"
+    for key in ("l2=0_seed=0", "l2=0.001_seed=0"):
+        run = RunDir(sweep / "trials" / key)
+        train(tiny_config(steps=2), run_dir=run, data=data, quiet=True)
+        (run.path / "trial.json").write_text("{}\n")
+    (sweep / "sweep.yaml").write_text("mode: grid\n")
+    assert main(["export", str(sweep), str(sweep / "trials" / "l2=0_seed=0"), "--compact-to",
+                 str(tmp_path / "results")]) == 0  # fmt: skip
+    copied = tmp_path / "results" / "sweep"
+    assert (copied / "sweep.yaml").is_file()
+    for key in ("l2=0_seed=0", "l2=0.001_seed=0"):
+        names = {p.name for p in (copied / "trials" / key).iterdir()}
+        assert names == {"config.yaml", "metrics.jsonl", "summary.json", "regularization.txt",
+                         "trial.json"}  # fmt: skip
+    assert (tmp_path / "results" / "l2=0_seed=0" / "summary.json").is_file()

@@ -338,8 +338,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("runs", nargs="+", metavar="RUN_DIR")
     p.add_argument("--csv-only", action="store_true", help="write metrics.csv only")
     p.add_argument("--compact-to", metavar="DIR",
-                   help="instead, copy each run's compact record (config, metrics, summary, "
-                        "tables; no checkpoints or events) to DIR/<run name>, e.g. to commit it")
+                   help="instead, copy each run's (or sweep's) compact record (config, metrics, "
+                        "summary, tables; no checkpoints or events) to DIR/<name>, e.g. to "
+                        "commit it")
     p.set_defaults(func=cmd_export)
     return parser
 

@@ -145,12 +145,25 @@ COMPACT_FILES = ("config.yaml", "metrics.jsonl", "summary.json", "regularization
 
 
 def compact_copy(run: str | Path, dest: str | Path) -> Path:
-    """Copy a run's compact record (COMPACT_FILES that exist: no checkpoints, no event files)
-    to ``dest``/<run name>; a sweep's runs keep their trials/ layout. Returns the copy's path."""
+    """Copy a run's compact record (COMPACT_FILES that exist: no checkpoints, no event files) to
+    ``dest``/<run name>. A sweep (a folder with trials/) is copied whole that way: its
+    sweep.yaml, each trial's record under trials/, and final/. Returns the copy's path."""
     run, dest = Path(run), Path(dest)
-    if not (run / "metrics.jsonl").is_file():
-        raise RunDirError(f"{run} has no metrics.jsonl: give run directories")
     target = dest / run.name
+    if (run / "trials").is_dir():
+        target.mkdir(parents=True, exist_ok=True)
+        if (run / "sweep.yaml").is_file():
+            shutil.copy2(run / "sweep.yaml", target / "sweep.yaml")
+        for trial in sorted(p for p in (run / "trials").iterdir() if p.is_dir()):
+            if (trial / "metrics.jsonl").is_file():
+                compact_copy(trial, target / "trials")
+        if (run / "final" / "metrics.jsonl").is_file():
+            compact_copy(run / "final", target)
+            if (run / "final" / "final.json").is_file():
+                shutil.copy2(run / "final" / "final.json", target / "final" / "final.json")
+        return target
+    if not (run / "metrics.jsonl").is_file():
+        raise RunDirError(f"{run} has no metrics.jsonl: give run or sweep directories")
     target.mkdir(parents=True, exist_ok=True)
     for name in COMPACT_FILES:
         if (run / name).is_file():
