@@ -169,3 +169,29 @@ def test_resume_keeps_settings_and_refuses_contradictions(tmp_path, capsys, real
     assert main(["train", "--resume", str(run), "--steps", "6", "--threads", "1"]) == 0
     summary = json.loads((run / "summary.json").read_text())
     assert summary["steps"] == 6 and summary["resumed_at"] == [4]
+
+
+def test_a_resumed_interval_keeps_its_time_per_batch(tmp_path, monkeypatch):
+    """The log interval a checkpoint cuts in two is timed across both processes: with a clock
+    that moves 1 s per training step only, every logged s / batch is exactly 1, resumed or not."""
+    import reglab.training.loop as loop
+
+    clock = [0.0]
+    real_step = loop.train_step
+
+    def timed_step(*args, **kw):
+        clock[0] += 1.0
+        return real_step(*args, **kw)
+
+    monkeypatch.setattr(loop, "train_step", timed_step)
+    monkeypatch.setattr(loop.time, "perf_counter", lambda: clock[0])
+    data = synthetic_cifar()
+    cfg = tiny(log_every=6, checkpoint_every=4)  # checkpoints at 4, 8, 12; rows at 6, 12
+    train(cfg, run_dir=RunDir(tmp_path / "r"), data=data, quiet=True)
+    for f in (tmp_path / "r" / "checkpoints").glob("step-0000012.*"):
+        f.unlink()  # as if killed between steps 8 and 12: steps 7-8 timed before, 9-12 after
+    resumed = train(cfg, run_dir=RunDir(tmp_path / "r", mode="resume"), data=data, quiet=True,
+                    resume=True)  # fmt: skip
+    rows = [r for r in resumed.history if r["split"] == "train"]
+    assert [r["step"] for r in rows] == [6, 12]
+    assert [r["s_per_batch"] for r in rows] == [1.0, 1.0]

@@ -94,6 +94,7 @@ class Progress:
     correct: int = 0
     seen: int = 0
     interval_steps: int = 0
+    interval_seconds: float = 0.0  # training seconds of the current log interval so far
     history: list[dict[str, Any]] = field(default_factory=list)
     elapsed: float = 0.0  # wall seconds of earlier processes of this run
     eval_seconds: float = 0.0
@@ -233,8 +234,8 @@ def run_steps(
     correct = torch.tensor(progress.correct, device=device)
     last_checkpoint = time.perf_counter()
     started = time.perf_counter() - progress.elapsed
-    interval_start = time.perf_counter()
-    calibrated = False
+    interval_start = time.perf_counter() - progress.interval_seconds
+    calibrate_from, calibrate_t0 = progress.step, time.perf_counter()  # this process's pace
 
     def log(row: dict[str, Any]) -> None:
         progress.history.append(row)
@@ -266,6 +267,7 @@ def run_steps(
                 raise AuditError(verdict)
             progress.eval_seconds += time.perf_counter() - t0  # the audit is not training time
             interval_start += time.perf_counter() - t0
+            calibrate_t0 += time.perf_counter() - t0
 
         out = train_step(setup.forward, x, y, setup.reg, setup.optimizer, lr,
                          cfg.label_smoothing, autocast, guard=guard, scaler=scaler)  # fmt: skip
@@ -288,9 +290,8 @@ def run_steps(
         if done % check_every == 0:
             check_finite(done, x, out)
 
-        if not calibrated and done - (progress.resumed_at[-1] if progress.resumed_at else 0) == 11:
-            calibrated = True  # the expected time, from 10 steps after the first (warm-up)
-            per_step = (time.perf_counter() - interval_start) / progress.interval_steps
+        if done - calibrate_from == 11:  # the expected time, from this process's first 11 steps
+            per_step = (time.perf_counter() - calibrate_t0) / 11
             left = (setup.steps - done) * per_step
             say(f"[time]: about {per_step:.3f} s / step here: {fmt_duration(left)} of training "
                 "to go, validation apart")  # fmt: skip
@@ -340,6 +341,7 @@ def run_steps(
             elapsed_eval = time.perf_counter() - t0
             progress.eval_seconds += elapsed_eval
             interval_start += elapsed_eval  # evaluation is not training time
+            calibrate_t0 += elapsed_eval
             if on_validation is not None and row is not None:
                 on_validation(done, row)
 
@@ -353,6 +355,7 @@ def run_steps(
             check_finite(done, x, out)  # a checkpoint is never written from a non-finite state
             progress.loss_sum, progress.correct = loss_sum.item(), int(correct.item())
             progress.elapsed = time.perf_counter() - started
+            progress.interval_seconds = time.perf_counter() - interval_start
             if main:
                 save_checkpoint(run_dir.checkpoint_dir, done, checkpoint_state(setup, progress))
             last_checkpoint = time.perf_counter()
