@@ -1,7 +1,8 @@
 """Regenerate the figures and tables of docs/regularization.md and docs/sweep-l2-quick.md (and
 the README's λ table) from the committed records in results/.
 
-    python docs/make_figures.py
+    python docs/make_figures.py            # write figures and tables
+    python docs/make_figures.py --check    # only check that the docs' tables are current
 
 - docs/figures/weight_norm.png and its table, from results/regularization-1epoch/: every run
   becomes one line, labelled by its ``l2``; left the norm of the conv weights over steps, right
@@ -18,6 +19,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -46,7 +48,17 @@ def replace_between(path: Path, key: str, content: str) -> None:
     path.write_text(pattern.sub(lambda _: f"{begin}\n{content}\n{end}", text))
 
 
-def weight_norm_figure(folder: Path = RESULTS / "regularization-1epoch") -> str:
+def between(path: Path, key: str) -> str:
+    """The text now between the generated markers ``key`` of ``path``."""
+    begin, end = f"<!-- generated: {key} -->", f"<!-- end: {key} -->"
+    match = re.search(re.escape(begin) + "\n(.*?)\n?" + re.escape(end), path.read_text(), re.S)
+    if match is None:
+        raise SystemExit(f"{path} has no {begin} ... {end} markers")
+    return match.group(1)
+
+
+def weight_norm_figure(folder: Path = RESULTS / "regularization-1epoch", draw: bool = True) -> str:
+    """The weight-norm table of the 1-epoch runs; if ``draw``, docs/figures/weight_norm.png."""
     runs = []
     for run in sorted(p for p in folder.iterdir() if (p / "metrics.jsonl").is_file()):
         config = yaml.safe_load((run / "config.yaml").read_text())
@@ -54,21 +66,9 @@ def weight_norm_figure(folder: Path = RESULTS / "regularization-1epoch") -> str:
         summary = json.loads((run / "summary.json").read_text())
         runs.append((config["l2"], rows, summary))
     runs.sort(key=lambda r: r[0])
-
-    fig, (left, right) = plt.subplots(1, 2, figsize=(8, 3), dpi=100)
-    base = {r["step"]: r["eff_lr_bn"] for r in runs[0][1]}
-    for l2, rows, _ in runs:
-        steps = [r["step"] for r in rows]
-        left.plot(steps, [r["weight_norm/conv.weight"] for r in rows], label=f"λ = {l2:g}")
-        right.plot(steps, [r["eff_lr_bn"] / base[r["step"]] for r in rows], label=f"λ = {l2:g}")
-    left.set(xlabel="step", ylabel="‖w‖ of the conv weights", title="weight norm")
-    right.set(xlabel="step", ylabel=f"median η/‖w‖², ÷ λ = {runs[0][0]:g}",
-              title="effective learning rate (BN), relative")  # fmt: skip
-    left.legend(fontsize=8)
-    fig.tight_layout()
-    out = FIGURES / "weight_norm.png"
-    fig.savefig(out)
-    plt.close(fig)
+    base = {r["step"]: r["eff_lr_bn"] for r in runs[0][1]}  # the smallest λ's η/‖w‖² by step
+    if draw:
+        draw_weight_norms(runs, base)
 
     first, last = runs[0][1][0]["step"], runs[0][1][-1]["step"]
     lines = [f"| λ (`--l2`) | ‖w‖ conv, step {first} | ‖w‖ conv, step {last} | η/‖w‖² vs λ = "
@@ -82,13 +82,30 @@ def weight_norm_figure(folder: Path = RESULTS / "regularization-1epoch") -> str:
     return "\n".join(lines)
 
 
-def sweep_figures(folder: Path = RESULTS / "sweep-l2-quick") -> tuple[str, str]:
-    """(the λ table, the recommendation) of the sweep; its figures copied into docs/figures."""
-    with tempfile.TemporaryDirectory() as tmp:
-        write_report([folder], tmp, "λ sweep of the quick preset")
-        for name in ("accuracy", "weight_norms"):
-            target = FIGURES / f"sweep-l2-quick-{name.replace('_', '-')}.png"
-            shutil.copy(Path(tmp) / "figures" / f"{name}.png", target)
+def draw_weight_norms(runs: list, base: dict[int, float]) -> None:
+    fig, (left, right) = plt.subplots(1, 2, figsize=(8, 3), dpi=100)
+    for l2, rows, _ in runs:
+        steps = [r["step"] for r in rows]
+        left.plot(steps, [r["weight_norm/conv.weight"] for r in rows], label=f"λ = {l2:g}")
+        right.plot(steps, [r["eff_lr_bn"] / base[r["step"]] for r in rows], label=f"λ = {l2:g}")
+    left.set(xlabel="step", ylabel="‖w‖ of the conv weights", title="weight norm")
+    right.set(xlabel="step", ylabel=f"median η/‖w‖², ÷ λ = {runs[0][0]:g}",
+              title="effective learning rate (BN), relative")  # fmt: skip
+    left.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(FIGURES / "weight_norm.png")
+    plt.close(fig)
+
+
+def sweep_figures(folder: Path = RESULTS / "sweep-l2-quick", draw: bool = True) -> tuple[str, str]:
+    """(the λ table, the recommendation) of the sweep; if ``draw``, its figures (drawn by
+    ``reglab report``) copied into docs/figures."""
+    if draw:
+        with tempfile.TemporaryDirectory() as tmp:
+            write_report([folder], tmp, "λ sweep of the quick preset")
+            for name in ("accuracy", "weight_norms"):
+                target = FIGURES / f"sweep-l2-quick-{name.replace('_', '-')}.png"
+                shutil.copy(Path(tmp) / "figures" / f"{name}.png", target)
     col = collect([folder])
     ranked = rank([r for r in col.results if r.split == "holdout"])
     norms: dict[str, list[float]] = {}
@@ -110,19 +127,37 @@ def sweep_figures(folder: Path = RESULTS / "sweep-l2-quick") -> tuple[str, str]:
     return "\n".join(lines), rec.text if rec else ""
 
 
-def main() -> None:
+def generated() -> list[tuple[Path, str, str]]:
+    """(doc, marker, content) of every generated block, from results/ (no figures drawn)."""
+    blocks = []
+    if (RESULTS / "regularization-1epoch").is_dir():
+        table = weight_norm_figure(draw=False)
+        blocks.append((ROOT / "docs" / "regularization.md", "weight-norm", table))
+    if (RESULTS / "sweep-l2-quick").is_dir():
+        table, verdict = sweep_figures(draw=False)
+        for path in (ROOT / "docs" / "sweep-l2-quick.md", ROOT / "README.md"):
+            blocks.append((path, "sweep-l2-quick", table))
+        blocks.append((ROOT / "docs" / "sweep-l2-quick.md", "sweep-l2-quick-verdict", verdict))
+    return blocks
+
+
+def main(argv: list[str]) -> int:
+    if "--check" in argv:
+        stale = [f"{path.relative_to(ROOT)} [{key}]" for path, key, content in generated()
+                 if between(path, key) != content]  # fmt: skip
+        for name in stale:
+            print(f"stale: {name}: run python docs/make_figures.py")
+        return 1 if stale else 0
     FIGURES.mkdir(parents=True, exist_ok=True)
     if (RESULTS / "regularization-1epoch").is_dir():
-        table = weight_norm_figure()
-        replace_between(ROOT / "docs" / "regularization.md", "weight-norm", table)
-        print(table)
+        weight_norm_figure()
     if (RESULTS / "sweep-l2-quick").is_dir():
-        table, verdict = sweep_figures()
-        for path in (ROOT / "docs" / "sweep-l2-quick.md", ROOT / "README.md"):
-            replace_between(path, "sweep-l2-quick", table)
-        replace_between(ROOT / "docs" / "sweep-l2-quick.md", "sweep-l2-quick-verdict", verdict)
-        print(table, verdict, sep="\n\n")
+        sweep_figures()
+    for path, key, content in generated():
+        replace_between(path, key, content)
+        print(f"{path.relative_to(ROOT)} [{key}]:\n{content}\n")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main(sys.argv[1:]))

@@ -2,6 +2,7 @@
 
     python docs/make_tutorial.py                    # reads results/tutorial/*, writes docs/figures
                                                     # and the generated parts of docs/tutorial.md
+    python docs/make_tutorial.py --check            # only check that those parts are current
 
 Each run folder holds the compact record reglab leaves (config.yaml, metrics.jsonl and, once it
 finished, summary.json). A run is labelled by the λ that acted: 0 for the run with
@@ -14,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -159,14 +161,18 @@ def results_table(runs: list[TutorialRun]) -> str:
              "|---|---|---|---|---|---|---|"]  # fmt: skip
     for r in runs:
         hold, train = r.holdout, r.split("train")
-        if not hold:
+        if not train:
             continue
-        best = max(hold, key=lambda x: x["acc"])
         last_train = train[-1]
-        gap = last_train["acc"] - hold[-1]["acc"]
-        lines.append(f"| {r.label} | {r.last_step:,} | {pct(hold[-1]['acc'])} | "
-                     f"{pct(best['acc'])} ({best['step']:,}) | {pct(last_train['acc'])} | "
-                     f"{100 * gap:+.2f} | {last_train['weight_norm/conv.weight']:.1f} |")
+        if hold:
+            best = max(hold, key=lambda x: x["acc"])
+            final, best_at = pct(hold[-1]["acc"]), f"{pct(best['acc'])} ({best['step']:,})"
+            gap = f"{100 * (last_train['acc'] - hold[-1]['acc']):+.2f}"
+        else:
+            final, best_at, gap = "– (first at step 4,000)", "–", "–"
+        lines.append(f"| {r.label} | {r.last_step:,} | {final} | {best_at} | "
+                     f"{pct(last_train['acc'])} | {gap} | "
+                     f"{last_train['weight_norm/conv.weight']:.1f} |")
     return "\n".join(lines)
 
 
@@ -193,19 +199,25 @@ def replace_between(text: str, key: str, content: str) -> str:
     return pattern.sub(lambda _: f"{begin}\n{content}\n{end}", text)
 
 
-def main() -> None:
+def main(argv: list[str]) -> int:
     runs = read_runs()
-    FIGURES.mkdir(parents=True, exist_ok=True)
-    curves(runs, FIGURES / "tutorial-curves.png")
-    weights(runs, FIGURES / "tutorial-weights.png")
-    text = DOC.read_text()
+    old = DOC.read_text()
+    text = old
     for key, content in (("side-by-side", side_by_side(runs)), ("results", results_table(runs)),
                          ("verdict", verdict(runs))):  # fmt: skip
         text = replace_between(text, key, content)
+    if "--check" in argv:
+        if text != old:
+            print("stale: docs/tutorial.md: run python docs/make_tutorial.py")
+        return int(text != old)
+    FIGURES.mkdir(parents=True, exist_ok=True)
+    curves(runs, FIGURES / "tutorial-curves.png")
+    weights(runs, FIGURES / "tutorial-weights.png")
     DOC.write_text(text)
     print(results_table(runs))
     print(verdict(runs))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main(sys.argv[1:]))
