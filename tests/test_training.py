@@ -176,7 +176,9 @@ def test_bf16_autocast_trains_as_well_as_fp32(real_data_dir):
     # sampling error of a mean of 2 accuracies on 1,000 images, for the difference of two means
     se = math.sqrt(2 * mean["fp32"] * (1 - mean["fp32"]) / (2 * 1000))
     assert abs(mean["bf16"] - mean["fp32"]) < max(3 * se, 0.02), accs
-    assert mean["fp32"] > 0.2  # it learned something
+    # it learned something: chance is 0.10 with a sampling error of 0.007 at 2 x 1,000 images
+    # (16 steps reach about 0.2; that varies with the CPU's kernels, so the bound is loose)
+    assert mean["fp32"] > 0.14, accs
 
 
 def test_compact_record_of_a_run_and_of_a_sweep(tmp_path, capsys):
