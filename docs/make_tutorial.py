@@ -28,6 +28,7 @@ import matplotlib.pyplot as plt
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "results" / "tutorial"
 DOC = ROOT / "docs" / "tutorial.md"
+README = ROOT / "README.md"
 FIGURES = ROOT / "docs" / "figures"
 
 # The tutorial's printed log (its run stopped after step 12000): [train] one batch of 64,
@@ -65,6 +66,8 @@ class TutorialRun:
 
 def read_runs(folder: Path = RESULTS) -> list[TutorialRun]:
     runs = []
+    if not folder.is_dir():
+        return runs
     for path in sorted(p for p in folder.iterdir() if (p / "metrics.jsonl").is_file()):
         config = yaml.safe_load((path / "config.yaml").read_text())
         rows = [json.loads(line) for line in (path / "metrics.jsonl").read_text().splitlines()]
@@ -193,6 +196,19 @@ def verdict(runs: list[TutorialRun]) -> str:
             "seed-to-seed variation is not measured).")
 
 
+def readme_status(runs: list[TutorialRun]) -> str:
+    """The README's few lines: how far each run got, and its latest figures."""
+    lines = ["| run | steps logged of 20,000 | train acc, last 1,000 steps | holdout acc (step) |",
+             "|---|---|---|---|"]  # fmt: skip
+    for r in runs:
+        train, hold = r.split("train"), r.holdout
+        if not train:
+            continue
+        held = f"{pct(hold[-1]['acc'])} ({hold[-1]['step']:,})" if hold else "– (first at 4,000)"
+        lines.append(f"| {r.label} | {r.last_step:,} | {pct(train[-1]['acc'])} | {held} |")
+    return "\n".join(lines)
+
+
 def replace_between(text: str, key: str, content: str) -> str:
     begin, end = f"<!-- generated: {key} -->", f"<!-- end: {key} -->"
     pattern = re.compile(re.escape(begin) + ".*?" + re.escape(end), re.S)
@@ -201,19 +217,27 @@ def replace_between(text: str, key: str, content: str) -> str:
 
 def main(argv: list[str]) -> int:
     runs = read_runs()
-    old = DOC.read_text()
-    text = old
-    for key, content in (("side-by-side", side_by_side(runs)), ("results", results_table(runs)),
-                         ("verdict", verdict(runs))):  # fmt: skip
-        text = replace_between(text, key, content)
+    blocks = {DOC: (("side-by-side", side_by_side(runs)), ("results", results_table(runs)),
+                    ("verdict", verdict(runs))),
+              README: (("tutorial-status", readme_status(runs)),)}  # fmt: skip
+    new = {}
+    for path, parts in blocks.items():
+        text = path.read_text()
+        for key, content in parts:
+            if f"<!-- generated: {key} -->" not in text:
+                raise SystemExit(f"{path} has no <!-- generated: {key} --> markers")
+            text = replace_between(text, key, content)
+        new[path] = text
+    stale = [path for path, text in new.items() if text != path.read_text()]
     if "--check" in argv:
-        if text != old:
-            print("stale: docs/tutorial.md: run python docs/make_tutorial.py")
-        return int(text != old)
+        for path in stale:
+            print(f"stale: {path.relative_to(ROOT)}: run python docs/make_tutorial.py")
+        return int(bool(stale))
     FIGURES.mkdir(parents=True, exist_ok=True)
     curves(runs, FIGURES / "tutorial-curves.png")
     weights(runs, FIGURES / "tutorial-weights.png")
-    DOC.write_text(text)
+    for path in stale:
+        path.write_text(new[path])
     print(results_table(runs))
     print(verdict(runs))
     return 0
