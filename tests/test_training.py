@@ -201,3 +201,13 @@ def test_compact_record_of_a_run_and_of_a_sweep(tmp_path, capsys):
         assert names == {"config.yaml", "metrics.jsonl", "summary.json", "regularization.txt",
                          "trial.json"}  # fmt: skip
     assert (tmp_path / "results" / "l2=0_seed=0" / "summary.json").is_file()
+    # the same run again refreshes its record; another run of the same name is refused
+    assert main(["export", str(sweep / "trials" / "l2=0_seed=0"), "--compact-to",
+                 str(tmp_path / "results")]) == 0  # fmt: skip
+    other = RunDir(tmp_path / "elsewhere" / "l2=0_seed=0")
+    train(tiny_config(steps=2, l2=1e-3), run_dir=other, data=data, quiet=True)
+    capsys.readouterr()
+    assert main(["export", str(other.path), "--compact-to", str(tmp_path / "results")]) == 2
+    err = capsys.readouterr().err
+    assert "holds the record of another run (l2 differs)" in err, err
+    assert "l2: 0.0" in (tmp_path / "results" / "l2=0_seed=0" / "config.yaml").read_text()

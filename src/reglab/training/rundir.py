@@ -26,6 +26,7 @@ from typing import Any
 
 import yaml
 
+from reglab.config import experiment_settings
 from reglab.errors import ReglabError
 
 RESULT_FILES = ("config.yaml", "metrics.jsonl", "metrics.csv", "weights.jsonl",
@@ -144,6 +145,13 @@ COMPACT_FILES = ("config.yaml", "metrics.jsonl", "summary.json", "regularization
                  "audit.txt", "trial.json")  # fmt: skip
 
 
+def differing_settings(a: Path, b: Path) -> list[str]:
+    """The experiment settings on which two runs' config.yaml files disagree (system settings
+    such as threads or the data folder may differ between the processes of one run)."""
+    ca, cb = (yaml.safe_load(p.read_text()) or {} for p in (a, b))
+    return [k for k in experiment_settings() if ca.get(k) != cb.get(k)]
+
+
 def compact_copy(run: str | Path, dest: str | Path) -> Path:
     """Copy a run's compact record (COMPACT_FILES that exist: no checkpoints, no event files) to
     ``dest``/<run name>. A sweep (a folder with trials/) is copied whole that way: its
@@ -163,7 +171,15 @@ def compact_copy(run: str | Path, dest: str | Path) -> Path:
                 shutil.copy2(run / "final" / "final.json", target / "final" / "final.json")
         return target
     if not (run / "metrics.jsonl").is_file():
+        if is_run_dir(run):
+            raise RunDirError(f"{run} has logged no metrics yet: export it after its first log "
+                              "point")  # fmt: skip
         raise RunDirError(f"{run} has no metrics.jsonl: give run or sweep directories")
+    if (target / "config.yaml").is_file() and (run / "config.yaml").is_file():
+        differs = differing_settings(target / "config.yaml", run / "config.yaml")
+        if differs:
+            raise RunDirError(f"{target} holds the record of another run ({differs[0]} differs): "
+                              "export to another --compact-to folder, or remove it first")
     target.mkdir(parents=True, exist_ok=True)
     for name in COMPACT_FILES:
         if (run / name).is_file():
