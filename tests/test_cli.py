@@ -59,6 +59,20 @@ def test_existing_run_directory_is_not_overwritten(capsys, tmp_path):
     assert (run / "metrics.jsonl").read_text() == "precious\n"
 
 
+def test_a_file_where_a_folder_goes_is_one_clear_line(capsys, tmp_path, real_data_dir):
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("precious\n")
+    for argv in (["train", "--runs-dir", str(a_file), "--data-dir", str(real_data_dir),
+                  "--holdout", "100", "--train-limit", "256", "--steps", "1"],
+                 ["export", str(tmp_path), "--compact-to", str(a_file)]):  # fmt: skip
+        (tmp_path / "metrics.jsonl").write_text("")  # tmp_path passes as a run to export
+        code, _, err = run_main(capsys, argv)
+        assert code == 2, err
+        assert "notes.txt" in err and "not a directory" in err, err
+        assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert a_file.read_text() == "precious\n"
+
+
 def test_console_script_reports_errors_without_traceback(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "reglab", "train", "--l2", "-1", "--runs-dir", str(tmp_path)],
