@@ -70,6 +70,8 @@ def test_a_file_where_a_folder_goes_is_one_clear_line(capsys, tmp_path, real_dat
         assert code == 2, err
         assert "notes.txt" in err and "not a directory" in err, err
         assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    code, _, err = run_main(capsys, ["export", str(a_file)])  # not a run: bad input, exit 2
+    assert code == 2 and "has no metrics.jsonl: give run directories" in err, err
     assert a_file.read_text() == "precious\n"
 
 

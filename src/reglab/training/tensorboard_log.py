@@ -50,7 +50,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from reglab.errors import ReglabError
+from reglab.errors import ConfigError
 
 __all__ = [
     "CSV_FIRST_COLUMNS",
@@ -382,7 +382,7 @@ def export_run(run_dir: str | Path, events: bool = True) -> Path:
     tensorboard package (if ``events``)."""
     run_dir = Path(run_dir)
     if not (run_dir / "metrics.jsonl").is_file():
-        raise ReglabError(f"{run_dir} has no metrics.jsonl: give run directories (a sweep's "
+        raise ConfigError(f"{run_dir} has no metrics.jsonl: give run directories (a sweep's "
                           "are under SWEEP/trials)")  # fmt: skip
     if events:
         import yaml
