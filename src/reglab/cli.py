@@ -360,7 +360,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except (NotADirectoryError, IsADirectoryError, FileExistsError, PermissionError) as e:
         # a path given that cannot be used as asked (a file where a folder goes, no permission)
-        print(f"reglab: error: {e.filename}: {e.strerror.lower()}; give a path reglab can "
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"reglab: error: {where}{(e.strerror or str(e)).lower()}; give a path reglab can "
               "write as a folder", file=sys.stderr)  # fmt: skip
         return 2
     except ReglabError as e:  # the run stopped itself: audit failed, loss diverged, disk full
