@@ -17,7 +17,6 @@ The tables are printed as markdown (and written between the generated markers of
 from __future__ import annotations
 
 import json
-import re
 import shutil
 import sys
 import tempfile
@@ -28,6 +27,7 @@ import yaml
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+from generated import update
 
 from reglab.reports.load import collect
 from reglab.reports.page import write_report
@@ -37,24 +37,6 @@ from reglab.training import read_metrics
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "results"
 FIGURES = ROOT / "docs" / "figures"
-
-
-def replace_between(path: Path, key: str, content: str) -> None:
-    begin, end = f"<!-- generated: {key} -->", f"<!-- end: {key} -->"
-    text = path.read_text()
-    pattern = re.compile(re.escape(begin) + ".*?" + re.escape(end), re.S)
-    if not pattern.search(text):
-        raise SystemExit(f"{path} has no {begin} ... {end} markers")
-    path.write_text(pattern.sub(lambda _: f"{begin}\n{content}\n{end}", text))
-
-
-def between(path: Path, key: str) -> str:
-    """The text now between the generated markers ``key`` of ``path``."""
-    begin, end = f"<!-- generated: {key} -->", f"<!-- end: {key} -->"
-    match = re.search(re.escape(begin) + "\n(.*?)\n?" + re.escape(end), path.read_text(), re.S)
-    if match is None:
-        raise SystemExit(f"{path} has no {begin} ... {end} markers")
-    return match.group(1)
 
 
 def weight_norm_figure(folder: Path = RESULTS / "regularization-1epoch", draw: bool = True) -> str:
@@ -142,21 +124,14 @@ def generated() -> list[tuple[Path, str, str]]:
 
 
 def main(argv: list[str]) -> int:
-    if "--check" in argv:
-        stale = [f"{path.relative_to(ROOT)} [{key}]" for path, key, content in generated()
-                 if between(path, key) != content]  # fmt: skip
-        for name in stale:
-            print(f"stale: {name}: run python docs/make_figures.py")
-        return 1 if stale else 0
-    FIGURES.mkdir(parents=True, exist_ok=True)
-    if (RESULTS / "regularization-1epoch").is_dir():
-        weight_norm_figure()
-    if (RESULTS / "sweep-l2-quick").is_dir():
-        sweep_figures()
-    for path, key, content in generated():
-        replace_between(path, key, content)
-        print(f"{path.relative_to(ROOT)} [{key}]:\n{content}\n")
-    return 0
+    check = "--check" in argv
+    if not check:
+        FIGURES.mkdir(parents=True, exist_ok=True)
+        if (RESULTS / "regularization-1epoch").is_dir():
+            weight_norm_figure()
+        if (RESULTS / "sweep-l2-quick").is_dir():
+            sweep_figures()
+    return update(generated(), check, "python docs/make_figures.py")
 
 
 if __name__ == "__main__":

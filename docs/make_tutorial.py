@@ -21,6 +21,7 @@ from pathlib import Path
 
 import matplotlib
 import yaml
+from generated import update
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
@@ -230,35 +231,16 @@ def readme_status(runs: list[TutorialRun]) -> str:
     return "\n".join(lines)
 
 
-def replace_between(text: str, key: str, content: str) -> str:
-    begin, end = f"<!-- generated: {key} -->", f"<!-- end: {key} -->"
-    pattern = re.compile(re.escape(begin) + ".*?" + re.escape(end), re.S)
-    return pattern.sub(lambda _: f"{begin}\n{content}\n{end}", text)
-
-
 def main(argv: list[str]) -> int:
     runs = read_runs()
-    blocks = {DOC: (("side-by-side", side_by_side(runs)), ("results", results_table(runs)),
-                    ("verdict", verdict(runs))),
-              README: (("tutorial-status", readme_status(runs)),)}  # fmt: skip
-    new = {}
-    for path, parts in blocks.items():
-        text = path.read_text()
-        for key, content in parts:
-            if f"<!-- generated: {key} -->" not in text:
-                raise SystemExit(f"{path} has no <!-- generated: {key} --> markers")
-            text = replace_between(text, key, content)
-        new[path] = text
-    stale = [path for path, text in new.items() if text != path.read_text()]
+    blocks = [(DOC, "side-by-side", side_by_side(runs)), (DOC, "results", results_table(runs)),
+              (DOC, "verdict", verdict(runs)), (README, "tutorial-status", readme_status(runs))]
     if "--check" in argv:
-        for path in stale:
-            print(f"stale: {path.relative_to(ROOT)}: run python docs/make_tutorial.py")
-        return int(bool(stale))
+        return update(blocks, check=True, fix="python docs/make_tutorial.py")
     FIGURES.mkdir(parents=True, exist_ok=True)
     curves(runs, FIGURES / "tutorial-curves.png")
     weights(runs, FIGURES / "tutorial-weights.png")
-    for path in stale:
-        path.write_text(new[path])
+    update(blocks, check=False, fix="")
     print(results_table(runs))
     print(verdict(runs))
     return 0
