@@ -142,11 +142,63 @@ def test_tutorial_preset_is_the_tutorials_run():
     assert cfg.model == PRESETS["quick"]["model"]
 
 
+def test_tta_views_are_airbenchs():
+    """Mirror and one-pixel translations (reflect padding) with airbench's weights 1/2, 1/4, 1/4,
+    checked pixel by pixel."""
+    from reglab.training.step import tta_views
+
+    x = torch.arange(2 * 3 * 4 * 5, dtype=torch.float64).reshape(2, 3, 4, 5)
+    assert [(w, torch.equal(v, x)) for w, v in tta_views(x, False, False)] == [(1.0, True)]
+    (w0, v0), (w1, v1) = tta_views(x, True, False)
+    assert (w0, w1) == (0.5, 0.5) and torch.equal(v0, x) and torch.equal(v1, x.flip(-1))
+    views = tta_views(x, True, True)
+    assert [w for w, _ in views] == [0.25, 0.25, 0.125, 0.125, 0.125, 0.125]
+    up_left, down_right = views[2][1], views[4][1]
+    assert torch.equal(views[3][1], up_left.flip(-1))
+    assert torch.equal(views[5][1], down_right.flip(-1))
+    assert torch.equal(up_left[..., 1:, 1:], x[..., :-1, :-1])  # pixel (i, j) shows (i-1, j-1)
+    assert torch.equal(down_right[..., :-1, :-1], x[..., 1:, 1:])  # and (i+1, j+1)
+    assert torch.equal(up_left[..., 0, 1:], x[..., 1, :-1])  # row -1 reflected: row 1
+    assert torch.equal(down_right[..., -1, :-1], x[..., -2, 1:])  # row h reflected: row h-2
+    assert [w for w, _ in tta_views(x, False, True)] == [0.5, 0.25, 0.25]
+
+
+def test_evaluate_averages_the_logits_of_the_views():
+    """For an affine model the weighted mean of the views' logits is the model of the weighted
+    mean image: the loss and accuracy evaluate reports match that hand computation."""
+    from reglab.training.step import evaluate
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 10)).double()
+    x, y = torch.randn(50, 3, 8, 8, dtype=torch.float64), torch.randint(0, 10, (50,))
+    pad = F.pad(x, (1, 1, 1, 1), mode="reflect")
+    shifted = 0.5 * x + 0.25 * pad[..., :8, :8] + 0.25 * pad[..., 2:, 2:]
+    cases = [(False, False, x), (True, False, (x + x.flip(-1)) / 2), (False, True, shifted),
+             (True, True, (shifted + shifted.flip(-1)) / 2)]
+    for tta, translate, image in cases:
+        logits = model(image)
+        batches = [(x[:20], y[:20]), (x[20:], y[20:])]
+        loss, acc, n = evaluate(model, batches, tta, tta_translate=translate)
+        assert n == 50
+        assert math.isclose(loss, F.cross_entropy(logits.float(), y).item(), rel_tol=1e-6)
+        assert acc == (logits.argmax(1) == y).double().mean().item()
+
+
+def test_cpu90_is_the_quick_recipe_run_longer():
+    """cpu90 changes what quick learns only in its length, and evaluates with translate TTA."""
+    quick, cpu90 = build_config("quick"), build_config("cpu90")
+    differs = {k for k, v in quick.to_dict().items() if cpu90.to_dict()[k] != v}
+    assert differs == {"preset", "epochs", "val_every", "checkpoint_every", "tta_translate"}
+    assert (cpu90.epochs, cpu90.tta, cpu90.tta_translate) == (14, True, True)
+    assert cpu90.val_every % 156 == 0 and cpu90.checkpoint_every % 156 == 0  # whole epochs
+
+
 @pytest.mark.slow
-def test_short_real_run_beats_chance(real_data_dir):
+@pytest.mark.parametrize("preset", ["quick", "cpu90"])
+def test_short_real_run_beats_chance(real_data_dir, preset):
     """A few thousand real images, a couple of epochs: far above the 10% of guessing."""
     cfg = build_config(
-        "quick",
+        preset,
         overrides={"data_dir": str(real_data_dir), "holdout": 2000, "train_limit": 4000,
                    "epochs": 4, "batch_size": 128, "warmup_steps": 20, "val_every": 10_000,
                    "log_every": 10_000},
@@ -211,3 +263,19 @@ def test_compact_record_of_a_run_and_of_a_sweep(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "holds the record of another run (l2 differs)" in err, err
     assert "l2: 0.0" in (tmp_path / "results" / "l2=0_seed=0" / "config.yaml").read_text()
+
+
+def test_a_record_from_before_a_setting_existed_reads_as_its_default(tmp_path):
+    """A run resumed by a newer reglab rewrites config.yaml with the settings added since (at
+    their defaults): its older record is still the same run, and a changed value is not."""
+    import yaml
+
+    from reglab.training.rundir import differing_settings
+
+    cfg = tiny_config(steps=2).to_dict()
+    old = {k: v for k, v in cfg.items() if k != "tta_translate"}  # written before it existed
+    (tmp_path / "old.yaml").write_text(yaml.safe_dump(old))
+    (tmp_path / "new.yaml").write_text(yaml.safe_dump(cfg))
+    (tmp_path / "changed.yaml").write_text(yaml.safe_dump({**cfg, "tta_translate": True}))
+    assert differing_settings(tmp_path / "old.yaml", tmp_path / "new.yaml") == []
+    assert differing_settings(tmp_path / "old.yaml", tmp_path / "changed.yaml") == ["tta_translate"]

@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from reglab.config import experiment_settings, setting_label
+from reglab.config import experiment_settings, setting_label, stored_value
 from reglab.sweeps.select import Result
 
 
@@ -178,7 +178,8 @@ def _varying(runs: list[Run]) -> list[str]:
     keys = [k for k in experiment_settings() if k in known and any(k in r.config for r in runs)]
     out = []
     for k in keys:
-        if len({json.dumps(r.config.get(k), sort_keys=True, default=str) for r in runs}) > 1:
+        values = {json.dumps(stored_value(r.config, k), sort_keys=True, default=str) for r in runs}
+        if len(values) > 1:
             out.append(k)
     return out
 

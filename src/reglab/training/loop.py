@@ -327,7 +327,8 @@ def run_steps(
             if main:
                 batches = pipe.eval_batches(setup.data.val_images, setup.data.val_labels,
                                             cfg.eval_batch_size)  # fmt: skip
-                val_loss, val_acc, _ = evaluate(setup.model, batches, cfg.tta, autocast)
+                val_loss, val_acc, _ = evaluate(setup.model, batches, cfg.tta, autocast,
+                                                 cfg.tta_translate)
                 with torch.no_grad():
                     pen = setup.reg.penalty()
                 split = setup.data.val_split

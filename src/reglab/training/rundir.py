@@ -26,7 +26,7 @@ from typing import Any
 
 import yaml
 
-from reglab.config import experiment_settings
+from reglab.config import experiment_settings, stored_value
 from reglab.errors import ReglabError
 
 RESULT_FILES = ("config.yaml", "metrics.jsonl", "metrics.csv", "weights.jsonl",
@@ -149,7 +149,10 @@ def differing_settings(a: Path, b: Path) -> list[str]:
     """The experiment settings on which two runs' config.yaml files disagree (system settings
     such as threads or the data folder may differ between the processes of one run)."""
     ca, cb = (yaml.safe_load(p.read_text()) or {} for p in (a, b))
-    return [k for k in experiment_settings() if ca.get(k) != cb.get(k)]
+    def value(config: dict[str, Any], k: str) -> str:  # tuples and lists alike
+        return json.dumps(stored_value(config, k), sort_keys=True, default=str)
+
+    return [k for k in experiment_settings() if value(ca, k) != value(cb, k)]
 
 
 def compact_copy(run: str | Path, dest: str | Path) -> Path:

@@ -93,26 +93,42 @@ def train_step(
     return StepOutput(logits, data_loss, finite)
 
 
+def tta_views(x: torch.Tensor, flip: bool, translate: bool) -> list[tuple[float, torch.Tensor]]:
+    """The test-time views of a batch (N, C, H, W) and their weights (summing to 1), airbench's
+    scheme: the image (and with ``flip`` its mirror image) at weight 1/2 when ``translate``, else
+    1; with ``translate`` also the image shifted one pixel up-left and one down-right (reflect
+    padding), each at weight 1/4, mirrored too with ``flip``."""
+    def with_mirror(v: torch.Tensor, weight: float) -> list[tuple[float, torch.Tensor]]:
+        return [(weight / 2, v), (weight / 2, v.flip(-1))] if flip else [(weight, v)]
+
+    if not translate:
+        return with_mirror(x, 1.0)
+    h, w = x.shape[-2:]
+    padded = F.pad(x, (1, 1, 1, 1), mode="reflect")
+    up_left, down_right = padded[..., :h, :w], padded[..., 2:, 2:]
+    return with_mirror(x, 0.5) + with_mirror(up_left, 0.25) + with_mirror(down_right, 0.25)
+
+
 @torch.no_grad()
 def evaluate(
     model: nn.Module,
     batches,
     tta: bool = False,
     autocast: Callable[[], Any] = nullcontext,
+    tta_translate: bool = False,
 ) -> tuple[float, float, int]:
     """(mean cross entropy, accuracy, images) over ``batches`` of (x, y), batch norm in eval
     mode (the model's mode is restored). ``tta`` averages the logits of each image and its mirror
-    image. One device synchronisation, at the end."""
+    image, ``tta_translate`` also of its one-pixel translations (:func:`tta_views`). One device
+    synchronisation, at the end."""
     was_training = model.training
     model.eval()
     loss_sum = correct = None
     n = 0
     for x, y in batches:
         with autocast():
-            logits = model(x)
-            if tta:
-                logits = 0.5 * (logits + model(x.flip(-1)))
-        logits = logits.float()
+            views = tta_views(x, tta, tta_translate)
+            logits = sum(weight * model(v).float() for weight, v in views)
         loss = F.cross_entropy(logits, y, reduction="sum")
         hits = (logits.argmax(1) == y).sum()
         loss_sum = loss if loss_sum is None else loss_sum + loss
