@@ -4,7 +4,8 @@ the cost of a checkpoint, and (with --presets) each preset's time to its accurac
 
     python bench/bench.py --data-dir ../shared/cifar10                      # throughput tables
     python bench/bench.py --data-dir ../shared/cifar10 --presets quick      # + a full quick run
-    python bench/bench.py ... --write BENCHMARKS.md    # replace the generated part of the file
+    python bench/bench.py --skip-throughput --presets quick,cpu90 ...    # the presets only
+    python bench/bench.py ... --write BENCHMARKS.md    # replace the parts measured in the file
 
 Throughput is measured on full training steps (reglab's own train_step: forward, loss,
 backward, regularization, optimizer, the non-finite guard) on random batches already on the
@@ -19,7 +20,6 @@ diagnostics of a log point divided by the preset's log interval.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime
 import os
 import platform
@@ -31,7 +31,8 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
 
 from reglab.config import build_config
 from reglab.regularization import Regularization
@@ -50,7 +51,6 @@ CASES = [
     ("tutorial-resnet", 96, 64, "tutorial"),
 ]
 MARKS = (0.80, 0.85, 0.90, 0.935)
-BEGIN, END = "<!-- bench.py: begin -->", "<!-- bench.py: end -->"
 
 
 def machine() -> str:
@@ -212,25 +212,24 @@ def main() -> int:
     p.add_argument("--no-bf16", action="store_true", help="skip the bf16 column")
     p.add_argument("--presets", default="", help="comma-separated presets to run in full")
     p.add_argument("--skip-throughput", action="store_true")
-    p.add_argument("--write", metavar="FILE", help="replace the generated part of FILE")
+    p.add_argument("--write", metavar="FILE", help="replace the generated parts of FILE that "
+                   "this run measured (throughput, presets)")
     args = p.parse_args()
-    command = "python bench/bench.py " + " ".join(sys.argv[1:])
-    out = [f"Command: `{command}`", "", machine(), ""]
+    head = [f"Command: `python bench/bench.py {' '.join(sys.argv[1:])}`", "", machine(), ""]
+    blocks = []  # (key of the generated block, its text)
     if not args.skip_throughput:
-        out += [throughput_tables(args.device, args.steps, args.repeats, not args.no_bf16), ""]
+        tables = throughput_tables(args.device, args.steps, args.repeats, not args.no_bf16)
+        blocks.append(("bench-throughput", "\n".join([*head, tables])))
     if args.presets:
-        out += [preset_runs(args.presets.split(","), args.data_dir, args.device), ""]
-    text = "\n".join(out)
-    print(text)
+        table = preset_runs(args.presets.split(","), args.data_dir, args.device)
+        blocks.append(("bench-presets", "\n".join([*head, table])))
+    print("\n\n".join(text for _, text in blocks))
     if args.write:
+        sys.path.insert(0, str(ROOT / "docs"))
+        from generated import update  # the marker-block writer of docs/make_*.py
+
         path = Path(args.write)
-        doc = path.read_text()
-        with contextlib.suppress(ValueError):
-            head, rest = doc.split(BEGIN, 1)
-            _, tail = rest.split(END, 1)
-            path.write_text(f"{head}{BEGIN}\n{text}\n{END}{tail}")
-            return 0
-        path.write_text(f"{doc.rstrip()}\n\n{BEGIN}\n{text}\n{END}\n")
+        update([(path, key, text) for key, text in blocks], check=False, fix="bench/bench.py")
     return 0
 
 
