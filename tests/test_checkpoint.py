@@ -172,22 +172,31 @@ def test_resume_keeps_settings_and_refuses_contradictions(tmp_path, capsys, real
 
 
 def test_a_resumed_interval_keeps_its_time_per_batch(tmp_path, monkeypatch):
-    """The log interval a checkpoint cuts in two is timed across both processes: with a clock
-    that moves 1 s per training step only, every logged s / batch is exactly 1, resumed or not."""
+    """The log interval a checkpoint cuts in two is timed across both processes, and the audit
+    and validations are not training time: with a clock that moves 1 s per training step, 50 s
+    per audit and 100 s per validation, every logged s / batch is exactly 1, resumed or not, and
+    the run's training seconds are its 12 steps."""
     import reglab.training.loop as loop
 
     clock = [0.0]
-    real_step = loop.train_step
 
-    def timed_step(*args, **kw):
-        clock[0] += 1.0
-        return real_step(*args, **kw)
+    def ticking(fn, seconds):
+        def timed(*args, **kw):
+            clock[0] += seconds
+            return fn(*args, **kw)
 
-    monkeypatch.setattr(loop, "train_step", timed_step)
+        return timed
+
+    monkeypatch.setattr(loop, "train_step", ticking(loop.train_step, 1.0))
+    monkeypatch.setattr(loop, "audit_first_step", ticking(loop.audit_first_step, 50.0))
+    monkeypatch.setattr(loop, "evaluate", ticking(loop.evaluate, 100.0))
     monkeypatch.setattr(loop.time, "perf_counter", lambda: clock[0])
     data = synthetic_cifar()
-    cfg = tiny(log_every=6, checkpoint_every=4)  # checkpoints at 4, 8, 12; rows at 6, 12
-    train(cfg, run_dir=RunDir(tmp_path / "r"), data=data, quiet=True)
+    # checkpoints at 4, 8, 12; train rows at 6, 12; validations at 5, 10, 12
+    cfg = tiny(log_every=6, checkpoint_every=4, val_every=5)
+    first = train(cfg, run_dir=RunDir(tmp_path / "r"), data=data, quiet=True)
+    assert [r["s_per_batch"] for r in first.history if r["split"] == "train"] == [1.0, 1.0]
+    assert (first.train_seconds, first.total_seconds) == (12.0, 362.0)
     for f in (tmp_path / "r" / "checkpoints").glob("step-0000012.*"):
         f.unlink()  # as if killed between steps 8 and 12: steps 7-8 timed before, 9-12 after
     resumed = train(cfg, run_dir=RunDir(tmp_path / "r", mode="resume"), data=data, quiet=True,
@@ -195,3 +204,4 @@ def test_a_resumed_interval_keeps_its_time_per_batch(tmp_path, monkeypatch):
     rows = [r for r in resumed.history if r["split"] == "train"]
     assert [r["step"] for r in rows] == [6, 12]
     assert [r["s_per_batch"] for r in rows] == [1.0, 1.0]
+    assert resumed.train_seconds == 12.0  # steps 1-8 before the kill, 9-12 after

@@ -234,8 +234,12 @@ def run_steps(
     correct = torch.tensor(progress.correct, device=device)
     last_checkpoint = time.perf_counter()
     started = time.perf_counter() - progress.elapsed
-    interval_start = time.perf_counter() - progress.interval_seconds
-    calibrate_from, calibrate_t0 = progress.step, time.perf_counter()  # this process's pace
+
+    def training_seconds() -> float:  # the run's wall clock, audit and validations apart
+        return time.perf_counter() - started - progress.eval_seconds
+
+    interval_mark = training_seconds() - progress.interval_seconds
+    calibrate_from, calibrate_mark = progress.step, training_seconds()  # this process's pace
 
     def log(row: dict[str, Any]) -> None:
         progress.history.append(row)
@@ -266,8 +270,6 @@ def run_steps(
             if verdict is not None:  # a regularizer that does not act as its formula says
                 raise AuditError(verdict)
             progress.eval_seconds += time.perf_counter() - t0  # the audit is not training time
-            interval_start += time.perf_counter() - t0
-            calibrate_t0 += time.perf_counter() - t0
 
         out = train_step(setup.forward, x, y, setup.reg, setup.optimizer, lr,
                          cfg.label_smoothing, autocast, guard=guard, scaler=scaler)  # fmt: skip
@@ -291,7 +293,7 @@ def run_steps(
             check_finite(done, x, out)
 
         if done - calibrate_from == 11:  # the expected time, from this process's first 11 steps
-            per_step = (time.perf_counter() - calibrate_t0) / 11
+            per_step = (training_seconds() - calibrate_mark) / 11
             left = (setup.steps - done) * per_step
             say(f"[time]: about {per_step:.3f} s / step here: {fmt_duration(left)} of training "
                 "to go, validation apart")  # fmt: skip
@@ -301,7 +303,7 @@ def run_steps(
             sums = torch.stack([loss_sum, correct.float(),
                                 torch.tensor(float(progress.seen), device=device)])  # fmt: skip
             total_loss, total_correct, total_seen = all_reduce_sum(dist, sums).tolist()
-            per_batch = (time.perf_counter() - interval_start) / max(progress.interval_steps, 1)
+            per_batch = (training_seconds() - interval_mark) / max(progress.interval_steps, 1)
             total_seen = max(total_seen, 1)  # every step of the interval skipped: 0, not 0/0
             train_loss, train_acc = total_loss / total_seen, total_correct / total_seen
             say(f"[train]: step {done} loss = {train_loss:.4f} acc = {train_acc:.4f} "
@@ -319,7 +321,7 @@ def run_steps(
             log(row)
             loss_sum.zero_(), correct.zero_()
             progress.seen, progress.interval_steps = 0, 0
-            interval_start = time.perf_counter()
+            interval_mark = training_seconds()
 
         if done % cfg.val_every == 0 or done == setup.steps:
             t0 = time.perf_counter()
@@ -339,10 +341,7 @@ def run_steps(
                        "elapsed": time.perf_counter() - started}  # fmt: skip
             row = broadcast(dist, row)  # every rank keeps the same history
             log(row)
-            elapsed_eval = time.perf_counter() - t0
-            progress.eval_seconds += elapsed_eval
-            interval_start += elapsed_eval  # evaluation is not training time
-            calibrate_t0 += elapsed_eval
+            progress.eval_seconds += time.perf_counter() - t0  # validation is not training time
             if on_validation is not None and row is not None:
                 on_validation(done, row)
 
@@ -356,7 +355,7 @@ def run_steps(
             check_finite(done, x, out)  # a checkpoint is never written from a non-finite state
             progress.loss_sum, progress.correct = loss_sum.item(), int(correct.item())
             progress.elapsed = time.perf_counter() - started
-            progress.interval_seconds = time.perf_counter() - interval_start
+            progress.interval_seconds = training_seconds() - interval_mark
             if main:
                 save_checkpoint(run_dir.checkpoint_dir, done, checkpoint_state(setup, progress))
             last_checkpoint = time.perf_counter()
