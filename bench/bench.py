@@ -31,8 +31,7 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from reglab.config import build_config
 from reglab.regularization import Regularization
@@ -51,6 +50,7 @@ CASES = [
     ("tutorial-resnet", 96, 64, "tutorial"),
 ]
 MARKS = (0.80, 0.85, 0.90, 0.935)
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def machine() -> str:
