@@ -380,8 +380,10 @@ def test_a_study_of_another_sweep_is_refused(tmp_path, study_url, study_name):
 
 
 def test_a_study_made_before_a_setting_became_a_system_setting_is_still_the_sweep(tmp_path):
-    """A study's stored spec is compared on the experiment settings both know: one written when
-    val_every counted (or before sync_bn existed) still belongs to the same sweep."""
+    """A study's stored spec is read as this version would write it: one written when val_every
+    counted (or before sync_bn existed: it ran with the default) still belongs to the same
+    sweep; one whose settings differ, or that lacks a setting this sweep sets away from its
+    default, does not."""
     url = f"sqlite:///{tmp_path / 'study.db'}"
     plan = plan_sweep(sweep_request(tmp_path / "s", url, "old"))
     spec = plan.study_spec()
@@ -395,6 +397,11 @@ def test_a_study_made_before_a_setting_became_a_system_setting_is_still_the_swee
     study.set_user_attr(S.SPEC_ATTR, other)
     with pytest.raises(S.SweepError, match=r"lr: study 0\.5, now 0\.01"):
         prepare(plan, print)
+    translated = plan_sweep(sweep_request(tmp_path / "t", url, "old",
+                                          settings={"tta_translate": "true"}))  # fmt: skip
+    study.set_user_attr(S.SPEC_ATTR, old)  # made before tta_translate existed: it was off
+    with pytest.raises(S.SweepError, match=r"tta_translate: study False, now True"):
+        prepare(translated, print)
 
 
 def test_a_trial_taken_by_a_worker_that_died_at_once_is_run_again(tmp_path, study_name):

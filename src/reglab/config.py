@@ -43,7 +43,7 @@ __all__ = [
     "coerce",
     "load_config_file",
     "settings_markdown",
-    "stored_value",
+    "with_defaults",
 ]
 
 GROUPS = ("recipe", "model", "data", "optimisation", "regularization", "evaluation", "system",
@@ -583,10 +583,11 @@ def experiment_settings() -> list[str]:
     return [s.name for s in SETTINGS.values() if s.kind == "experiment"]
 
 
-def stored_value(config: dict[str, Any], name: str) -> Any:
-    """Setting ``name`` in a stored config.yaml mapping; a record written before that setting
-    existed ran with its default, so a missing key reads as the default."""
-    return config.get(name, SETTINGS[name].default)
+def with_defaults(config: dict[str, Any]) -> dict[str, Any]:
+    """A stored config.yaml mapping as this version reads it: a record written before a setting
+    existed ran with that setting's default, so each setting it lacks is filled in with its
+    default (keys that are not settings are kept as they are)."""
+    return {**{name: s.default for name, s in SETTINGS.items()}, **config}
 
 
 # --------------------------------------------------------------------------------------------

@@ -19,8 +19,9 @@ from typing import Any
 
 import yaml
 
-from reglab.config import experiment_settings, setting_label, stored_value
+from reglab.config import experiment_settings, setting_label
 from reglab.sweeps.select import Result
+from reglab.training.rundir import read_config
 
 
 class ReportError(ValueError):
@@ -154,7 +155,7 @@ def acting(config: dict[str, Any]) -> dict[str, Any]:
 def read_run(path: Path, sweep: str | None = None) -> Run:
     config: dict[str, Any] = {}
     if (path / "config.yaml").is_file():
-        config = acting(yaml.safe_load((path / "config.yaml").read_text()) or {})
+        config = acting(read_config(path / "config.yaml"))
     run = Run(
         path=path, name=path.name, config=config, summary=_json(path / "summary.json"),
         rows=_rows(path / "metrics.jsonl"), trial=_json(path / "trial.json"), sweep=sweep,
@@ -174,14 +175,11 @@ def is_sweep(path: Path) -> bool:
 
 def _varying(runs: list[Run]) -> list[str]:
     """Experiment settings whose values differ between ``runs`` (the seed apart)."""
-    known = set(experiment_settings()) - {"seed"}
-    keys = [k for k in experiment_settings() if k in known and any(k in r.config for r in runs)]
-    out = []
-    for k in keys:
-        values = {json.dumps(stored_value(r.config, k), sort_keys=True, default=str) for r in runs}
-        if len(values) > 1:
-            out.append(k)
-    return out
+    stored = [r.config for r in runs if r.config]
+    def values(k: str) -> set[str]:
+        return {json.dumps(c[k], sort_keys=True, default=str) for c in stored}
+
+    return [k for k in experiment_settings() if k != "seed" and len(values(k)) > 1]
 
 
 def collect(dirs: list[str | Path]) -> Collection:

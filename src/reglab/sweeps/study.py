@@ -55,9 +55,9 @@ import optuna
 from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 
-from reglab.config import SETTINGS
+from reglab.config import SETTINGS, with_defaults
 from reglab.errors import ConfigError
-from reglab.sweeps.space import Job, is_number
+from reglab.sweeps.space import Job, is_number, plain
 
 HEARTBEAT_S = 30  # seconds between heartbeats of a running trial
 GRACE_INTERVALS = 4  # a trial silent for 4 heartbeat intervals is stale (its worker is dead)
@@ -191,15 +191,15 @@ def _spec_diff(stored: dict[str, Any], spec: dict[str, Any]) -> list[str]:
 
 
 def comparable(stored: dict[str, Any], spec: dict[str, Any]) -> dict[str, Any]:
-    """``stored`` as ``spec`` would say it: its base restricted to the experiment settings that
-    ``spec`` has too (a study made before a setting became a system setting, or before a new
-    setting existed, is still the same sweep)."""
-    a, b = stored.get("base"), spec.get("base")
-    if not isinstance(a, dict) or not isinstance(b, dict):
+    """``stored`` as this version reads it: its base's experiment settings, each one it lacks at
+    its default (a study made before a setting existed ran with that default) and none that has
+    since become a system setting (a study made when val_every counted is still the sweep)."""
+    a = stored.get("base")
+    if not isinstance(a, dict) or not isinstance(spec.get("base"), dict):
         return stored
-    keep = {k: v for k, v in a.items()
-            if k in b and k in SETTINGS and SETTINGS[k].kind == "experiment"}  # fmt: skip
-    return {**stored, "base": {**b, **keep}}
+    base = {k: plain(v) for k, v in with_defaults(a).items()
+            if k in SETTINGS and SETTINGS[k].kind == "experiment"}  # fmt: skip
+    return {**stored, "base": base}
 
 
 def open_study(

@@ -26,7 +26,7 @@ from typing import Any
 
 import yaml
 
-from reglab.config import experiment_settings, stored_value
+from reglab.config import experiment_settings, with_defaults
 from reglab.errors import ReglabError
 
 RESULT_FILES = ("config.yaml", "metrics.jsonl", "metrics.csv", "weights.jsonl",
@@ -99,7 +99,8 @@ class RunDir:
         return f"{label}-{time.strftime('%Y%m%d-%H%M%S')}"
 
     def read_config(self) -> dict[str, Any]:
-        return yaml.safe_load((self.path / "config.yaml").read_text()) or {}
+        """The run's config.yaml, settings added since it was written at their defaults."""
+        return read_config(self.path / "config.yaml")
 
     def write_config(self, config: dict[str, Any]) -> None:
         self.write_text("config.yaml", yaml.safe_dump(config, sort_keys=False))
@@ -133,6 +134,11 @@ class RunDir:
         self.write_text("summary.json", json.dumps(summary, indent=2))
 
 
+def read_config(path: str | Path) -> dict[str, Any]:
+    """A stored config.yaml as this version reads it (:func:`reglab.config.with_defaults`)."""
+    return with_defaults(yaml.safe_load(Path(path).read_text()) or {})
+
+
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
     """Rows of a run's metrics.jsonl (``path`` is the run directory or the file)."""
     path = Path(path)
@@ -148,9 +154,9 @@ COMPACT_FILES = ("config.yaml", "metrics.jsonl", "summary.json", "regularization
 def differing_settings(a: Path, b: Path) -> list[str]:
     """The experiment settings on which two runs' config.yaml files disagree (system settings
     such as threads or the data folder may differ between the processes of one run)."""
-    ca, cb = (yaml.safe_load(p.read_text()) or {} for p in (a, b))
+    ca, cb = read_config(a), read_config(b)
     def value(config: dict[str, Any], k: str) -> str:  # tuples and lists alike
-        return json.dumps(stored_value(config, k), sort_keys=True, default=str)
+        return json.dumps(config[k], sort_keys=True, default=str)
 
     return [k for k in experiment_settings() if value(ca, k) != value(cb, k)]
 
