@@ -44,8 +44,10 @@ def test_the_tutorials_answer_is_a_winner_only_beyond_noise_at_every_late_valida
     # 73% against 70% on 10,000 images each: se = sqrt(.73*.27/1e4 + .7*.3/1e4) = 0.638 points
     se = (0.73 * 0.27 / 1e4 + 0.70 * 0.30 / 1e4) ** 0.5
     assert text.startswith("**1e-4 or 1e-3? 1e-3** for the tutorial's own network")
-    assert f"+3.00 points ({0.03 / se:.1f} times" in text and f"{100 * se:.2f} points" in text
-    assert "ahead 3 time(s) of 3, 71.00% against 69.00% on average" in text
+    assert f"3.00 points apart, {0.03 / se:.1f} times" in text
+    assert f"difference ({100 * se:.2f} points)" in text
+    assert "(steps 12,000, 16,000, 20,000) 1e-4 − 1e-3 was -1.00, -2.00, -3.00 points" in text
+    assert "moved by up to 2.00 points" in text  # 1e-3: 69% -> 71% -> 73%
     # behind at one of the last three validations: not a winner, however large the last gap
     flip = tutorial_run(mt, 1e-3, dict(zip(steps, (0.58, 0.62, 0.67, 0.71, 0.73))))
     assert "Neither can be told from the other" in mt.answer([low, flip])
