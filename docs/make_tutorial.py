@@ -256,7 +256,10 @@ def verdict(runs: list[TutorialRun]) -> str:
     lines = []
     for i, lo in enumerate(lams):
         for hi in lams[i + 1 :]:
-            step, a, b = pair(by[lo], by[hi])[-1]
+            common = pair(by[lo], by[hi])
+            if not common:
+                continue
+            step, a, b = common[-1]
             se = sampling_se(a, b)
             lines.append(f"- step {step:,}: λ = {hi:g} {pct(b)} against λ = {lo:g} {pct(a)}: "
                          f"{100 * (b - a):+.2f} points, {abs(b - a) / se:.1f} standard errors "
