@@ -217,8 +217,6 @@ def answer(runs: list[TutorialRun], short: bool = False) -> str:
         head = f"**1e-4 or 1e-3? {'1e-3' if b > a else '1e-4'}** for the tutorial's own network"
     else:
         head = "**1e-4 or 1e-3? Neither can be told from the other** on this evidence"
-    moves = [abs(y["acc"] - x["acc"]) for r in (by[1e-4], by[1e-3])
-             for x, y in zip(r.holdout[-len(last):], r.holdout[-len(last) + 1:])]  # fmt: skip
     text = (f"{head}: at step {step:,} λ = 1e-4 holds out {pct(a)} and λ = 1e-3 {pct(b)}, "
             f"{100 * abs(a - b):.2f} points apart, {abs(a - b) / se:.1f} times the holdout's "
             f"sampling error of the difference ({100 * se:.2f} points). At the last "
@@ -227,6 +225,8 @@ def answer(runs: list[TutorialRun], short: bool = False) -> str:
     if short:
         return (text + " One seed per λ; how sure that is, and λ = 0: [docs/tutorial.md]"
                 "(docs/tutorial.md#1e-4-or-1e-3).")  # fmt: skip
+    moves = [abs(y["acc"] - x["acc"]) for r in (by[1e-4], by[1e-3])
+             for x, y in zip(r.holdout[-len(last):], r.holdout[-len(last) + 1:])]  # fmt: skip
     if moves:
         text += (f" Each run alone moved by up to {100 * max(moves):.2f} points from one of "
                  "those validations to the next (a constant learning rate, never annealed), "
