@@ -193,6 +193,18 @@ def test_cpu90_is_the_quick_recipe_run_longer():
     assert cpu90.val_every % 156 == 0 and cpu90.checkpoint_every % 156 == 0  # whole epochs
 
 
+def test_cpu94_is_the_gpu_recipe_run_longer():
+    """cpu94 changes what the gpu preset learns only in its length; its validations and
+    checkpoints fall on whole epochs (39 steps of 1024 from 40,000 images)."""
+    gpu, cpu94 = build_config("gpu"), build_config("cpu94")
+    differs = {k for k, v in gpu.to_dict().items() if cpu94.to_dict()[k] != v}
+    assert differs == {"preset", "epochs", "val_every", "checkpoint_every", "eval_batch_size"}
+    assert (cpu94.model, cpu94.epochs, cpu94.tta, cpu94.tta_translate) == (
+        "airbench94", 12, True, True)
+    steps_per_epoch = (50_000 - cpu94.holdout) // cpu94.batch_size
+    assert cpu94.val_every % steps_per_epoch == 0 and cpu94.checkpoint_every == steps_per_epoch
+
+
 @pytest.mark.slow
 def test_short_real_run_beats_chance(real_data_dir):
     """A few thousand real images, a couple of epochs, evaluated as cpu90 evaluates (flip and
