@@ -169,9 +169,13 @@ def throughput_tables(device: str, steps: int, repeats: int, bf16: bool) -> str:
     return "\n".join([*head, *rows, "", *ckpt_head, *ckpt_rows])
 
 
-def preset_runs(names: list[str], data_dir: str | None, device: str) -> str:
+def preset_runs(names: list[str], data_dir: str | None, device: str,
+                keep: Path | None = None) -> str:  # fmt: skip
     """Each preset as a user runs it (``reglab train --preset NAME``, a new process): the wall
-    time from process start to summary, and when each accuracy mark was first validated."""
+    time from process start to summary, and when each accuracy mark was first validated.
+    ``keep``: run in KEEP/bench-NAME (for ``reglab export --compact-to``) instead of a
+    temporary folder."""
+    import contextlib
     import json
     import subprocess
 
@@ -179,18 +183,20 @@ def preset_runs(names: list[str], data_dir: str | None, device: str) -> str:
             "to summary) | training time | wall time to " + " / ".join(
                 f"{100 * m:g}%" for m in MARKS) + " |", "|---|---|---|---|---|---|---|"]
     for name in names:
-        with tempfile.TemporaryDirectory() as tmp:
+        folder = (contextlib.nullcontext(str(keep)) if keep else tempfile.TemporaryDirectory())
+        run = f"bench-{name}" if keep else "run"
+        with folder as tmp:
             cmd = [sys.executable, "-m", "reglab", "train", "--preset", name, "--device", device,
-                   "--runs-dir", tmp, "--name", "run", "--no-tensorboard"]  # fmt: skip
+                   "--runs-dir", tmp, "--name", run, "--no-tensorboard"]  # fmt: skip
             if data_dir:
                 cmd += ["--data-dir", data_dir]
             env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
             t0 = time.perf_counter()
             subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL)
             wall = time.perf_counter() - t0
-            summary = json.loads((Path(tmp) / "run" / "summary.json").read_text())
+            summary = json.loads((Path(tmp) / run / "summary.json").read_text())
             metrics = [json.loads(line) for line in
-                       (Path(tmp) / "run" / "metrics.jsonl").read_text().splitlines()]
+                       (Path(tmp) / run / "metrics.jsonl").read_text().splitlines()]
         offset = wall - summary["total_seconds"]  # start-up: imports, data, model
         vals = [r for r in metrics if r["split"] == summary["val_split"]]
         marks = " / ".join(next((f"{r['elapsed'] + offset:.0f} s" for r in vals
@@ -211,6 +217,10 @@ def main() -> int:
     p.add_argument("--repeats", type=int, default=3, help="interleaved repeats (3)")
     p.add_argument("--no-bf16", action="store_true", help="skip the bf16 column")
     p.add_argument("--presets", default="", help="comma-separated presets to run in full")
+    p.add_argument("--keep-runs", metavar="DIR", type=Path, help="run the presets in "
+                   "DIR/bench-NAME and keep them (default: temporary folders)")
+    p.add_argument("--presets-block", default="bench-presets", metavar="KEY", help="the "
+                   "generated block of --write that the preset table replaces (bench-presets)")
     p.add_argument("--skip-throughput", action="store_true")
     p.add_argument("--write", metavar="FILE", help="replace the generated parts of FILE that "
                    "this run measured (throughput, presets)")
@@ -221,8 +231,8 @@ def main() -> int:
         tables = throughput_tables(args.device, args.steps, args.repeats, not args.no_bf16)
         blocks.append(("bench-throughput", "\n".join([*head, tables])))
     if args.presets:
-        table = preset_runs(args.presets.split(","), args.data_dir, args.device)
-        blocks.append(("bench-presets", "\n".join([*head, table])))
+        table = preset_runs(args.presets.split(","), args.data_dir, args.device, args.keep_runs)
+        blocks.append((args.presets_block, "\n".join([*head, table])))
     print("\n\n".join(text for _, text in blocks))
     if args.write:
         sys.path.insert(0, str(ROOT / "docs"))

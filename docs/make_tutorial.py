@@ -241,8 +241,10 @@ def answer(runs: list[TutorialRun], short: bool = False) -> str:
             text += (f" λ = 0 as the tutorial ran{'' if finished(zero) else ' (not finished)'}"
                      f" held out {pct(za)} at step {zs:,}, where 1e-4 had {pct(at[1e-4])} and "
                      f"1e-3 {pct(at[1e-3])}.")  # fmt: skip
-    text += (" One seed per λ: another seed could move the gap, so this answers for this run "
-             "of the experiment, not beyond it.")  # fmt: skip
+    text += (" The rule applied here: a λ is named only when the gap at the last validation "
+             "is at least twice its sampling error and the same λ was ahead at each of the last "
+             "three validations; otherwise neither. One seed per λ: another seed could move the "
+             "gap, so this answers for this run of the experiment, not beyond it.")  # fmt: skip
     return text
 
 
