@@ -222,8 +222,14 @@ def answer(runs: list[TutorialRun], short: bool = False) -> str:
             f"sampling error of the difference ({100 * se:.2f} points). At the last "
             f"{len(last)} validations (steps {steps}) 1e-4 − 1e-3 was "
             + ", ".join(f"{100 * g:+.2f}" for g in gaps) + " points.")  # fmt: skip
+    zero = by.get(0.0)
     if short:
-        return (text + " One seed per λ; how sure that is, and λ = 0: [docs/tutorial.md]"
+        if zero and finished(zero) and zero.holdout[-1]["step"] == step:
+            za = zero.holdout[-1]["acc"]
+            ahead = "ahead of both" if za > max(a, b) else "not ahead of both"
+            text += (f" But λ = 0, the penalty never applied as in the tutorial's run, held out "
+                     f"{pct(za)} at step {step:,}, {ahead}.")  # fmt: skip
+        return (text + " One seed per λ; how sure that is: [docs/tutorial.md]"
                 "(docs/tutorial.md#1e-4-or-1e-3).")  # fmt: skip
     moves = [abs(y["acc"] - x["acc"]) for r in (by[1e-4], by[1e-3])
              for x, y in zip(r.holdout[-len(last):], r.holdout[-len(last) + 1:])]  # fmt: skip
@@ -232,7 +238,6 @@ def answer(runs: list[TutorialRun], short: bool = False) -> str:
                  "those validations to the next (a constant learning rate, never annealed), "
                  "but the two share their seed (initial weights, batch order) and moved "
                  "together, so their gap is steadier than either.")  # fmt: skip
-    zero = by.get(0.0)
     if zero and zero.holdout:
         zs, za = zero.holdout[-1]["step"], zero.holdout[-1]["acc"]
         at = {lam: next((h["acc"] for h in by[lam].holdout if h["step"] == zs), None)

@@ -57,3 +57,10 @@ def test_the_tutorials_answer_is_a_winner_only_beyond_noise_at_every_late_valida
     # a run short of 20,000 steps: no answer yet
     short = tutorial_run(mt, 1e-3, dict(zip(steps[:3], (0.58, 0.62, 0.69))), done=False)
     assert "Not answered yet" in mt.answer([low, short])
+    # the README's short form adds λ = 0 once it has finished, and says whether it is ahead
+    zero = tutorial_run(mt, 0.0, dict(zip(steps, (0.65, 0.66, 0.70, 0.72, 0.74))))
+    assert "held out 74.00% at step 20,000, ahead of both." in mt.answer([low, high, zero], True)
+    behind = tutorial_run(mt, 0.0, dict(zip(steps, (0.65, 0.66, 0.70, 0.72, 0.71))))
+    assert "not ahead of both" in mt.answer([low, high, behind], short=True)
+    unfinished = tutorial_run(mt, 0.0, dict(zip(steps[:4], (0.65, 0.66, 0.70, 0.72))), False)
+    assert "λ = 0" not in mt.answer([low, high, unfinished], short=True)
