@@ -222,13 +222,18 @@ def answer(runs: list[TutorialRun], short: bool = False) -> str:
             f"sampling error of the difference ({100 * se:.2f} points). At the last "
             f"{len(last)} validations (steps {steps}) 1e-4 − 1e-3 was "
             + ", ".join(f"{100 * g:+.2f}" for g in gaps) + " points.")  # fmt: skip
-    zero = by.get(0.0)
+    # λ = 0 at its last validation, beside both penalties at the same step (None: not there)
+    zero, at = by.get(0.0), None
+    if zero and zero.holdout:
+        zs, za = zero.holdout[-1]["step"], zero.holdout[-1]["acc"]
+        at = {lam: next((h["acc"] for h in by[lam].holdout if h["step"] == zs), None)
+              for lam in (1e-4, 1e-3)}  # fmt: skip
+        at = None if None in at.values() else at
     if short:
-        if zero and finished(zero) and zero.holdout[-1]["step"] == step:
-            za = zero.holdout[-1]["acc"]
-            ahead = "ahead of both" if za > max(a, b) else "not ahead of both"
+        if at and finished(zero):
+            ahead = "ahead of both" if za > max(at.values()) else "not ahead of both"
             text += (f" But λ = 0, the penalty never applied as in the tutorial's run, held out "
-                     f"{pct(za)} at step {step:,}, {ahead}.")  # fmt: skip
+                     f"{pct(za)} at step {zs:,}, {ahead}.")  # fmt: skip
         return (text + " One seed per λ; how sure that is: [docs/tutorial.md]"
                 "(docs/tutorial.md#1e-4-or-1e-3).")  # fmt: skip
     moves = [abs(y["acc"] - x["acc"]) for r in (by[1e-4], by[1e-3])
@@ -238,14 +243,10 @@ def answer(runs: list[TutorialRun], short: bool = False) -> str:
                  "those validations to the next (a constant learning rate, never annealed), "
                  "but the two share their seed (initial weights, batch order) and moved "
                  "together, so their gap is steadier than either.")  # fmt: skip
-    if zero and zero.holdout:
-        zs, za = zero.holdout[-1]["step"], zero.holdout[-1]["acc"]
-        at = {lam: next((h["acc"] for h in by[lam].holdout if h["step"] == zs), None)
-              for lam in (1e-4, 1e-3)}  # fmt: skip
-        if None not in at.values():
-            text += (f" λ = 0 as the tutorial ran{'' if finished(zero) else ' (not finished)'}"
-                     f" held out {pct(za)} at step {zs:,}, where 1e-4 had {pct(at[1e-4])} and "
-                     f"1e-3 {pct(at[1e-3])}.")  # fmt: skip
+    if at:
+        text += (f" λ = 0 as the tutorial ran{'' if finished(zero) else ' (not finished)'}"
+                 f" held out {pct(za)} at step {zs:,}, where 1e-4 had {pct(at[1e-4])} and "
+                 f"1e-3 {pct(at[1e-3])}.")  # fmt: skip
     text += (" The rule applied here: a λ is named only when the gap at the last validation "
              "is at least twice its sampling error and the same λ was ahead at each of the last "
              "three validations; otherwise neither. One seed per λ: another seed could move the "

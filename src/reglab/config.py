@@ -502,7 +502,7 @@ PRESETS["cpu94"] = {
     "epochs": 12,
     "val_every": 234,  # at 6 epochs of 39 steps, and at the end
     "checkpoint_every": 39,
-    "eval_batch_size": 1000,
+    "eval_batch_size": 1000,  # the default: 6 TTA views of 2,000 images are GPU-sized batches
 }
 
 
