@@ -193,6 +193,21 @@ def test_cpu90_is_the_quick_recipe_run_longer():
     assert cpu90.val_every % 156 == 0 and cpu90.checkpoint_every % 156 == 0  # whole epochs
 
 
+def test_gpu_preset_is_airbench94s_recipe():
+    """airbench94's hyperparameters (legacy/airbench94.py's hyp) where reglab's units are its
+    units: batch, momentum, label smoothing, bias_scaler, lookahead every 5 steps, frozen
+    batch-norm scales, alternating flip with translate 2, tta_level 2, widths 64/256/256."""
+    gpu = build_config("gpu")
+    assert (gpu.batch_size, gpu.optimizer, gpu.momentum, gpu.label_smoothing) == (
+        1024, "nesterov", 0.85, 0.2)
+    assert (gpu.norm_bias_lr_scale, gpu.lookahead_every, gpu.train_norm_weights) == (64, 5, False)
+    assert (gpu.augment, gpu.tta, gpu.tta_translate) == ("altflip-translate", True, True)
+    assert create_model(gpu.model).fc.in_features == 256
+    # airbench's lr 11.5 per 1024 examples of summed loss, divided by 1 + 1/(1 - momentum):
+    # 1.5 per step of mean loss; reglab's 1.6 was tuned on its own warm-up and decay
+    assert gpu.lr == pytest.approx(11.5 / (1 + 1 / (1 - 0.85)), rel=0.1)
+
+
 def test_cpu94_is_the_gpu_recipe_run_longer():
     """cpu94 changes what the gpu preset learns only in its length; its validations and
     checkpoints fall on whole epochs (39 steps of 1024 from 40,000 images)."""

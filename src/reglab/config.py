@@ -50,7 +50,8 @@ GROUPS = ("recipe", "model", "data", "optimisation", "regularization", "evaluati
           "output")
 OPTIMIZERS = ("sgd", "nesterov", "adamw")
 SCHEDULES = ("constant", "step", "cosine", "linear")
-AUGMENTATIONS = ("none", "flip", "flip-crop", "flip-translate", "cutout", "tutorial")
+AUGMENTATIONS = ("none", "flip", "flip-crop", "flip-translate", "altflip-translate", "cutout",
+                 "tutorial")
 NORMALIZATIONS = ("dataset", "per-image")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 NONFINITE = ("stop", "skip-step")
@@ -183,8 +184,11 @@ class TrainConfig:
                                  "resizing, the tutorial's)", group="data",
                                  choices=NORMALIZATIONS)  # fmt: skip
     augment: str = setting("none", "augmentation: flip; flip-crop (pad 4, random crop); "
-                           "flip-translate (reflect-pad 2, random crop); cutout (flip-crop + a "
-                           "16-px square); tutorial (resize x1.25, crop, flip, colour jitter)",
+                           "flip-translate (reflect-pad 2, random crop); altflip-translate "
+                           "(airbench's alternating flip: each image mirrored in every other "
+                           "epoch, from a random first one; then translate); cutout (flip-crop "
+                           "+ a 16-px square); tutorial (resize x1.25, crop, flip, colour "
+                           "jitter)",
                            group="data", choices=AUGMENTATIONS)  # fmt: skip
     # optimisation
     batch_size: int = setting(64, "images per step (per process under torchrun: the global "
@@ -215,6 +219,17 @@ class TrainConfig:
     label_smoothing: float = setting(0.0, "ε of cross entropy's label smoothing",
                                      group="optimisation", low=0, high=1,
                                      high_open=True)  # fmt: skip
+    norm_bias_lr_scale: float = setting(1.0, "learning-rate multiplier for normalization "
+                                        "layers' biases (airbench: 64)", group="optimisation",
+                                        low=0, low_open=True)  # fmt: skip
+    train_norm_weights: bool = setting(True, "train normalization layers' scales; "
+                                       "--no-train-norm-weights keeps them at 1 (airbench)",
+                                       group="optimisation")  # fmt: skip
+    lookahead_every: int = setting(0, "lookahead with an EMA (airbench94): every N steps the "
+                                   "weights are averaged into a slow copy with weight "
+                                   "0.95^N·(t/T)³ and reset to it; the run ends on the slow "
+                                   "copy (0: off; airbench: 5)", group="optimisation",
+                                   unit="steps", low=0)  # fmt: skip
     # regularization
     l2: float = setting(0.0, "λ of loss + λ Σ‖w‖² over conv and linear weights, gradient 2λw "
                         "(the tutorial's text; its code's λ is --reg l2-half=λ); shorthand for "
@@ -471,7 +486,9 @@ PRESETS: dict[str, dict[str, Any]] = {
         "checkpoint_every": 312,
         "tta_translate": True,
     },
-    # A GPU recipe: the same method at airbench94's widths and batch size, 10 epochs.
+    # A GPU recipe: airbench94's (widths, batch size, Nesterov lr and momentum, label smoothing,
+    # batch-norm shifts at 64x lr with scales frozen, lookahead every 5 steps, alternating flip,
+    # flip + translate TTA), 10 epochs.
     "gpu": {
         "model": "airbench94",
         "image_size": 32,
@@ -484,7 +501,10 @@ PRESETS: dict[str, dict[str, Any]] = {
         "schedule": "linear",
         "warmup_steps": 80,
         "label_smoothing": 0.2,
-        "augment": "flip-translate",
+        "augment": "altflip-translate",
+        "norm_bias_lr_scale": 64.0,
+        "train_norm_weights": False,
+        "lookahead_every": 5,
         "l2": 5e-4,
         "log_every": 39,
         "val_every": 1_000_000,  # at the end only

@@ -51,6 +51,13 @@ def batch_flip(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
 
 
+def alternating_flip(first: torch.Tensor, epoch: int) -> torch.Tensor:
+    """airbench's alternating flip: which images to mirror in ``epoch`` (0-based), given a bool
+    per image for epoch 0 (drawn at random once). Every other epoch mirrors the other half, so
+    each image is seen both ways in every two consecutive epochs."""
+    return first ^ bool(epoch % 2)
+
+
 def batch_crop(x: torch.Tensor, pad: int, generator: torch.Generator, mode: str) -> torch.Tensor:
     """Random crop of each image after padding by ``pad`` pixels on every side.
 
@@ -129,16 +136,19 @@ CUTOUT_SIZE = 16  # pixels of the 32-px image (DeVries & Taylor's CIFAR-10 setti
 
 
 def augment_batch(
-    x: torch.Tensor, augment: str, generator: torch.Generator, image_size: int | None = None
+    x: torch.Tensor, augment: str, generator: torch.Generator, image_size: int | None = None,
+    flip: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Apply an augmentation preset to a normalised 32x32 batch (before resizing).
 
     none; flip (mirror, p = 1/2); flip-crop (flip, pad 4 with the mean colour, random 32 crop);
-    flip-translate (flip, reflect-pad 2, random crop); cutout (flip-crop, then a 16x16 square set
-    to the mean colour); tutorial (the tutorial's chapter: resize to 1.25 x ``image_size``, a
-    random ``image_size`` crop, flip, colour jitter of brightness, contrast and saturation 0.4;
-    at the tutorial's 96 px: resize to 120, crop 96). Only tutorial returns ``image_size`` pixels
-    (default: the input's side); the others keep 32 and leave resizing to the pipeline.
+    flip-translate (flip, reflect-pad 2, random crop); altflip-translate (the images ``flip``
+    marks mirrored, see :func:`alternating_flip`, then translate as flip-translate); cutout
+    (flip-crop, then a 16x16 square set to the mean colour); tutorial (the tutorial's chapter:
+    resize to 1.25 x ``image_size``, a random ``image_size`` crop, flip, colour jitter of
+    brightness, contrast and saturation 0.4; at the tutorial's 96 px: resize to 120, crop 96).
+    Only tutorial returns ``image_size`` pixels (default: the input's side); the others keep 32
+    and leave resizing to the pipeline.
     """
     if augment == "none":
         return x
@@ -148,9 +158,13 @@ def augment_batch(
         return batch_color_jitter(batch_flip(x, generator), generator)
     if augment in ("flip", "flip-crop", "flip-translate", "cutout"):
         x = batch_flip(x, generator)
+    if augment == "altflip-translate":
+        if flip is None:
+            raise ValueError("altflip-translate needs the batch's flip mask")
+        x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
     if augment in ("flip-crop", "cutout"):
         x = batch_crop(x, 4, generator, mode="zeros")
-    elif augment == "flip-translate":
+    elif augment in ("flip-translate", "altflip-translate"):
         x = batch_crop(x, 2, generator, mode="reflect")
     if augment == "cutout":
         x = batch_cutout(x, CUTOUT_SIZE, generator)
@@ -200,10 +214,17 @@ class BatchPipeline:
         self.steps_per_epoch = len(self.images) // batch_size
         self.order: torch.Tensor | None = None  # this epoch's batches of indices
         self.position = 0  # next batch of this epoch
+        self.epoch = -1  # epochs begun, less one (alternating flip's parity)
+        self.first_flip: torch.Tensor | None = None  # altflip: the images mirrored in epoch 0
+        if augment == "altflip-translate":
+            self.first_flip = torch.rand(len(self.images), device=self.device,
+                                         generator=self.generator) < 0.5  # fmt: skip
 
-    def prepare(self, images: torch.Tensor, augment: str = "none") -> torch.Tensor:
+    def prepare(
+        self, images: torch.Tensor, augment: str = "none", flip: torch.Tensor | None = None
+    ) -> torch.Tensor:
         x = normalize(images)
-        x = augment_batch(x, augment, self.generator, self.image_size)
+        x = augment_batch(x, augment, self.generator, self.image_size, flip)
         x = resize(x, self.image_size)
         if self.normalization == "per-image":  # back to pixels (0-255), then per image
             mean = torch.tensor(MEAN, device=x.device).view(1, 3, 1, 1) * 255
@@ -220,9 +241,13 @@ class BatchPipeline:
             perm = torch.randperm(len(self.images), device=self.device, generator=self.generator)
             self.order = perm[:n].view(self.steps_per_epoch, self.batch_size)
             self.position = 0
+            self.epoch += 1
         idx = self.order[self.position]
         self.position += 1
-        x, y = self.prepare(self.images[idx], self.augment), self.labels[idx]
+        flip = None
+        if self.first_flip is not None:
+            flip = alternating_flip(self.first_flip[idx], self.epoch)
+        x, y = self.prepare(self.images[idx], self.augment, flip), self.labels[idx]
         if self.world_size > 1:
             x, y = x[self.rank :: self.world_size], y[self.rank :: self.world_size]
         return x, y
@@ -237,6 +262,7 @@ class BatchPipeline:
             "generator": self.generator.get_state(),
             "order": None if self.order is None else self.order.cpu(),
             "position": self.position,
+            "epoch": self.epoch,
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -244,6 +270,7 @@ class BatchPipeline:
         order = state["order"]
         self.order = None if order is None else order.to(self.device)
         self.position = int(state["position"])
+        self.epoch = int(state.get("epoch", -1))  # checkpoints before altflip had none
 
     def eval_batches(
         self, images: torch.Tensor, labels: torch.Tensor, batch_size: int

@@ -25,8 +25,10 @@ from reglab.models import MODELS, create_model
 from reglab.regularization import Regularization, build_regularization
 from reglab.regularization.audit import AuditResult, audit_regularization
 from reglab.regularization.diagnostics import bn_followed_weights
+from reglab.regularization.scope import NORM_TYPES
 from reglab.training.distributed import DistInfo, device_for
-from reglab.training.optim import build_optimizer, lr_at
+from reglab.training.lookahead import Lookahead
+from reglab.training.optim import build_optimizer, lr_at, param_groups
 from reglab.training.precision import Precision, cpu_flags, cpu_model, resolve_precision
 from reglab.training.step import train_step
 
@@ -48,6 +50,7 @@ class Setup:
     steps: int  # optimizer updates in the whole run
     model_label: str  # cfg.model, or the class name of a network given to build()
     scaler: torch.amp.GradScaler | None = None  # fp16's loss scaler
+    lookahead: Lookahead | None = None  # --lookahead-every's slow copy of the weights
 
     def lr(self, step: int) -> float:
         c = self.cfg
@@ -118,6 +121,8 @@ def build(
     model = model.to(device, memory_format=torch.channels_last if cfg.channels_last else None)
     if hasattr(model, "init_from_data"):  # e.g. airbench's whitening layer, from 5,000 images
         model.init_from_data(pipeline.prepare(pipeline.images[:5000]))
+    if not cfg.train_norm_weights:  # normalization scales fixed at 1 (airbench)
+        freeze_norm_weights(model)
     if dist.enabled and cfg.sync_bn:
         if device.type != "cuda":
             raise ConfigError("--sync-bn needs CUDA: torch's SyncBatchNorm runs on GPUs only "
@@ -131,11 +136,18 @@ def build(
         forward = torch.compile(forward)
 
     reg = build_regularization(cfg, model)  # decided in one place, printed before training
-    optimizer = build_optimizer(
-        cfg.optimizer, [p for p in model.parameters() if p.requires_grad], cfg.lr, cfg.momentum
-    )
+    optimizer = build_optimizer(cfg.optimizer, param_groups(model, cfg.norm_bias_lr_scale),
+                                cfg.lr, cfg.momentum)  # fmt: skip
+    lookahead = Lookahead(model, cfg.lookahead_every, steps) if cfg.lookahead_every else None
     return Setup(cfg, device, dist, data, pipeline, model, forward, reg, optimizer, precision,
-                 steps, label, precision.scaler())  # fmt: skip
+                 steps, label, precision.scaler(), lookahead)  # fmt: skip
+
+
+def freeze_norm_weights(model: nn.Module) -> None:
+    """Normalization layers' scales stay as initialised (1): airbench trains only the shifts."""
+    for m in model.modules():
+        if isinstance(m, NORM_TYPES) and getattr(m, "weight", None) is not None:
+            m.weight.requires_grad_(False)
 
 
 def audit_first_step(setup: Setup, x: torch.Tensor, y: torch.Tensor) -> AuditResult:

@@ -274,6 +274,8 @@ def run_steps(
         out = train_step(setup.forward, x, y, setup.reg, setup.optimizer, lr,
                          cfg.label_smoothing, autocast, guard=guard, scaler=scaler)  # fmt: skip
         done = step + 1
+        if setup.lookahead is not None:
+            setup.lookahead.after_step(setup.model, done)
         if not out.applied:  # skipped: its update, and its loss in the interval's mean
             progress.skipped_steps.append(done)
             say(f"[warn]: step {done}: loss or gradient not finite, update skipped "
@@ -387,6 +389,8 @@ def checkpoint_state(setup: Setup, progress: Progress) -> dict[str, Any]:
     }
     if setup.scaler is not None:
         state["scaler"] = setup.scaler.state_dict()
+    if setup.lookahead is not None:
+        state["lookahead"] = setup.lookahead.state_dict()
     return state
 
 
@@ -404,6 +408,8 @@ def restore(setup: Setup, run_dir: RunDir, say: Callable[[str], None]) -> Progre
     setup.reg.load_state_dict(state["regularization"])
     if setup.scaler is not None and "scaler" in state:
         setup.scaler.load_state_dict(state["scaler"])
+    if setup.lookahead is not None:
+        setup.lookahead.load_state_dict(state["lookahead"])
     restore_rng(state["rng"])
     progress = Progress(**state["loop"])
     run_dir.restart_logs(progress.history, progress.step)
