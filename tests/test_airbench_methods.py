@@ -194,3 +194,23 @@ def test_lookahead_setting_is_checked():
     with pytest.raises(Exception, match="norm-bias-lr-scale"):
         TrainConfig(norm_bias_lr_scale=0).validate()
     copy.deepcopy(TrainConfig(lookahead_every=5).validate())
+
+
+def test_rules_on_scaled_norm_biases_keep_their_conventions():
+    """With batch-norm biases at 64x lr, a rule that names them is audited by its own formula:
+    l2's gradient 2λw, decoupled-wd's shrink by lr·wd (the step's lr, unscaled)."""
+    from reglab.training.builder import audit_first_step
+
+    data = synthetic_cifar(n_train=64, n_val=8)
+    cfg = build_config(preset="gpu", overrides={
+        "model": "airbench", "batch_size": 32, "device": "cpu", "precision": "fp32",
+        "regularizers": ["decoupled-wd=0.1@norm.bias", "l2=1e-2@norm.bias"]})  # fmt: skip
+    setup = build(cfg, data=data)
+    with torch.no_grad():
+        for m in setup.model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.bias.uniform_(-1, 1)  # at init they are 0: nothing to check
+    result = audit_first_step(setup, *setup.pipeline.next_batch())
+    on_biases = [f for f in result.findings if "norm.bias" in f.label]
+    assert len(on_biases) == 2 and all(f.checkable for f in on_biases), result.report()
+    assert result.ok, result.report()
