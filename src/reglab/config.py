@@ -154,8 +154,8 @@ class TrainConfig:
     preset: str | None = setting(None, "a recipe applied under the config file and the flags: "
                                  "tutorial (the tutorial's run), quick (84% in minutes on a "
                                  "2-core CPU), cpu90 (quick to 90%: 14 epochs, translate TTA), "
-                                 "gpu (airbench94's widths, seconds on a GPU), cpu94 (gpu's "
-                                 "recipe for 12 epochs: 93.35% in an hour on a 2-core CPU)",
+                                 "gpu (airbench94's recipe, seconds on a GPU), cpu94 (gpu's "
+                                 "recipe for 12 epochs: 93.65% in an hour on a 2-core CPU)",
                                  group="recipe", kind="system",
                                  choices=lambda: tuple(PRESETS))  # fmt: skip
     # model
@@ -516,7 +516,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 # The gpu recipe run on a CPU for 12 epochs instead of 10, with a checkpoint every epoch (39
 # steps of 1024, minutes on a CPU) and a validation half-way (measured on a 2-core AVX2 EPYC:
-# 93.35% holdout in 62 minutes; BENCHMARKS.md).
+# 93.65% holdout in 63 minutes; BENCHMARKS.md).
 PRESETS["cpu94"] = {
     **PRESETS["gpu"],
     "epochs": 12,
