@@ -214,3 +214,16 @@ def test_rules_on_scaled_norm_biases_keep_their_conventions():
     on_biases = [f for f in result.findings if "norm.bias" in f.label]
     assert len(on_biases) == 2 and all(f.checkable for f in on_biases), result.report()
     assert result.ok, result.report()
+
+
+def test_a_run_from_before_these_settings_resumes_as_it_ran(tmp_path):
+    """An older gpu-preset run's config.yaml lacks the new settings; resuming it must not pick
+    up the preset's newer values (lookahead, 64x, frozen scales), only the defaults."""
+    from reglab.cli import resume_config
+
+    new = ("norm_bias_lr_scale", "train_norm_weights", "lookahead_every")
+    old = build_config("gpu", overrides={"augment": "flip-translate", "lookahead_every": 0,
+                                         "norm_bias_lr_scale": 1.0, "train_norm_weights": True})
+    stored = {k: v for k, v in old.to_dict().items() if k not in new}
+    cfg = resume_config(tmp_path, stored, {})
+    assert cfg.preset == "gpu" and cfg.to_dict() == old.to_dict()

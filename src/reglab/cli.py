@@ -105,8 +105,11 @@ def check_data_dir(data_dir: str | None) -> None:
 def resume_config(run: Path, stored: dict[str, Any], flags: dict[str, Any]) -> TrainConfig:
     """The stored run's settings with the flags given to ``--resume``: system settings may
     change, ``--steps``/``--epochs`` may be raised, any other experiment setting that differs
-    is an error naming it."""
-    base = build_config(None, stored, None, file_name=f"{run}/config.yaml")
+    is an error naming it. A setting the stored file lacks was added to reglab after the run
+    began: it takes its default (the behaviour the run had), not its preset's newer value."""
+    added = {k: v for k, v in TrainConfig().to_dict().items() if k not in stored}
+    added.pop("preset", None)
+    base = build_config(None, {**stored, **added}, None, file_name=f"{run}/config.yaml")
     changes: dict[str, Any] = {}
     for name, raw in flags.items():
         s = SETTINGS[name]

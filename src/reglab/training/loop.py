@@ -409,6 +409,10 @@ def restore(setup: Setup, run_dir: RunDir, say: Callable[[str], None]) -> Progre
     if setup.scaler is not None and "scaler" in state:
         setup.scaler.load_state_dict(state["scaler"])
     if setup.lookahead is not None:
+        if "lookahead" not in state:
+            raise ReglabError(f"the checkpoint of step {state['loop']['step']} in "
+                              f"{run_dir.checkpoint_dir} has no lookahead state: resume with the "
+                              "settings it was written with")  # fmt: skip
         setup.lookahead.load_state_dict(state["lookahead"])
     restore_rng(state["rng"])
     progress = Progress(**state["loop"])
