@@ -170,11 +170,12 @@ def throughput_tables(device: str, steps: int, repeats: int, bf16: bool) -> str:
 
 
 def preset_runs(names: list[str], data_dir: str | None, device: str,
-                keep: Path | None = None) -> str:  # fmt: skip
+                keep: Path | None = None, seed: int | None = None) -> str:  # fmt: skip
     """Each preset as a user runs it (``reglab train --preset NAME``, a new process): the wall
     time from process start to summary, and when each accuracy mark was first validated.
     ``keep``: run in KEEP/bench-NAME (for ``reglab export --compact-to``) instead of a
-    temporary folder."""
+    temporary folder. ``seed``: run with ``--seed SEED`` (in KEEP/bench-NAME-seedSEED), else
+    the preset's (0)."""
     import contextlib
     import json
     import subprocess
@@ -184,10 +185,13 @@ def preset_runs(names: list[str], data_dir: str | None, device: str,
                 f"{100 * m:g}%" for m in MARKS) + " |", "|---|---|---|---|---|---|---|"]
     for name in names:
         folder = (contextlib.nullcontext(str(keep)) if keep else tempfile.TemporaryDirectory())
-        run = f"bench-{name}" if keep else "run"
+        tag = name if seed is None else f"{name}-seed{seed}"
+        run = f"bench-{tag}" if keep else "run"
         with folder as tmp:
             cmd = [sys.executable, "-m", "reglab", "train", "--preset", name, "--device", device,
                    "--runs-dir", tmp, "--name", run, "--no-tensorboard"]  # fmt: skip
+            if seed is not None:
+                cmd += ["--seed", str(seed)]
             if data_dir:
                 cmd += ["--data-dir", data_dir]
             env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
@@ -201,7 +205,8 @@ def preset_runs(names: list[str], data_dir: str | None, device: str,
         vals = [r for r in metrics if r["split"] == summary["val_split"]]
         marks = " / ".join(next((f"{r['elapsed'] + offset:.0f} s" for r in vals
                                  if r["acc"] >= m), "-") for m in MARKS)  # fmt: skip
-        rows.append(f"| {name} | {summary['model']} | {summary['steps']} x "
+        label = name if seed is None else f"{name}, seed {seed}"
+        rows.append(f"| {label} | {summary['model']} | {summary['steps']} x "
                     f"{summary['batch_size']} | "
                     f"{100 * summary['final_val_acc']:.2f}% | {wall:.0f} s | "
                     f"{summary['train_seconds']:.0f} s | {marks} |")  # fmt: skip
@@ -221,6 +226,8 @@ def main() -> int:
                    "DIR/bench-NAME and keep them (default: temporary folders)")
     p.add_argument("--presets-block", default="bench-presets", metavar="KEY", help="the "
                    "generated block of --write that the preset table replaces (bench-presets)")
+    p.add_argument("--seed", type=int, help="train the presets with this seed (default: "
+                   "theirs, 0)")
     p.add_argument("--skip-throughput", action="store_true")
     p.add_argument("--write", metavar="FILE", help="replace the generated parts of FILE that "
                    "this run measured (throughput, presets)")
@@ -231,7 +238,8 @@ def main() -> int:
         tables = throughput_tables(args.device, args.steps, args.repeats, not args.no_bf16)
         blocks.append(("bench-throughput", "\n".join([*head, tables])))
     if args.presets:
-        table = preset_runs(args.presets.split(","), args.data_dir, args.device, args.keep_runs)
+        table = preset_runs(args.presets.split(","), args.data_dir, args.device, args.keep_runs,
+                            args.seed)  # fmt: skip
         blocks.append((args.presets_block, "\n".join([*head, table])))
     print("\n\n".join(text for _, text in blocks))
     if args.write:

@@ -103,6 +103,8 @@ def main() -> None:
     p.add_argument("--tiny", action="store_true")
     p.add_argument("--skip-airbench", action="store_true")
     p.add_argument("--variant", action="append", default=[], help="KEY=VALUE of the gpu preset")
+    p.add_argument("--also", default="", help="comma-separated presets run --runs times too "
+                   "(e.g. cpu94: the Muon recipe)")
     args = p.parse_args()
     cuda = torch.cuda.is_available()
     device = "cuda" if cuda else "cpu"
@@ -114,6 +116,8 @@ def main() -> None:
     table["reglab gpu preset (airbench94 net)"] = reglab_runs("gpu", data, args.runs, device,
                                                               args.tiny)  # fmt: skip
     table["reglab quick preset (CPU net)"] = reglab_runs("quick", data, 1, device, args.tiny)
+    for preset in filter(None, args.also.split(",")):
+        table[f"reglab {preset} preset"] = reglab_runs(preset, data, args.runs, device, args.tiny)
     for variant in args.variant:  # e.g. lr=1.6 or compile=true: one run each after a warm-up
         key, value = variant.split("=")  # the settings schema parses the value
         table[f"reglab gpu preset, {variant}"] = reglab_runs("gpu", data, 1, device, args.tiny,

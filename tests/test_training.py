@@ -208,16 +208,30 @@ def test_gpu_preset_is_airbench94s_recipe():
     assert gpu.lr == pytest.approx(11.5 / (1 + 1 / (1 - 0.85)), rel=0.1)
 
 
-def test_cpu94_is_the_gpu_recipe_run_longer():
-    """cpu94 changes what the gpu preset learns only in its length; its validations and
-    checkpoints fall on whole epochs (39 steps of 1024 from 40,000 images)."""
-    gpu, cpu94 = build_config("gpu"), build_config("cpu94")
-    differs = {k for k, v in gpu.to_dict().items() if cpu94.to_dict()[k] != v}
-    assert differs == {"preset", "epochs", "val_every", "checkpoint_every", "eval_batch_size"}
-    assert (cpu94.model, cpu94.epochs, cpu94.tta, cpu94.tta_translate) == (
-        "airbench94", 12, True, True)
-    steps_per_epoch = (50_000 - cpu94.holdout) // cpu94.batch_size
-    assert cpu94.val_every % steps_per_epoch == 0 and cpu94.checkpoint_every == steps_per_epoch
+def test_cpu94_is_airbench94_muons_recipe():
+    """airbench94_muon.py's hyperparameters in reglab's units. Muon's step does not depend on
+    the gradient's scale, so its lr 0.24 and momentum 0.6 carry over. The SGD groups: airbench
+    sums the loss over 2000 images (x 2000 on every gradient) and divides the head's output by
+    256 where reglab's head multiplies by 1/9, so its head lr 0.67 is 0.67 · 2000 · (9/256)² ≈
+    1.66 per step of mean loss here (reglab's 1.6), and its bias lr 0.053 is 106 (reglab's
+    1.6 x 64 = 102). Its decay, wd/lr per group with wd = 2e-6 · 2000, shrinks every such
+    tensor by 4e-3 per step; torch's weight_decay c at lr η shrinks by η·c: c = 4e-3/1.6 = 2.5e-3
+    on the head, 4e-3/102 ≈ 4e-5 on the biases. Checkpoints fall on whole epochs."""
+    c = build_config("cpu94")
+    assert (c.model, c.optimizer, c.batch_size, c.epochs) == ("airbench94", "muon", 2000, 8)
+    assert (c.muon_lr, c.muon_momentum, c.momentum, c.label_smoothing) == (0.24, 0.6, 0.85, 0.2)
+    assert (c.schedule, c.warmup_steps, c.lookahead_every) == ("linear", 0, 0)
+    assert (c.whiten_bias_epochs, c.train_norm_weights, c.augment) == (
+        3, False, "altflip-translate")
+    assert (c.tta, c.tta_translate) == (True, True)
+    assert c.lr == pytest.approx(0.67 * 2000 * (9 / 256) ** 2, rel=0.05)
+    assert c.lr * c.norm_bias_lr_scale == pytest.approx(0.053 * 2000, rel=0.05)
+    assert c.l2 == 0 and c.regularizers == ["wd=2.5e-3@linear.weight",
+                                            "wd=4e-5@norm.bias,conv.bias"]  # fmt: skip
+    assert 2.5e-3 * c.lr == pytest.approx(2e-6 * 2000)
+    assert 4e-5 * c.lr * c.norm_bias_lr_scale == pytest.approx(2e-6 * 2000, rel=0.05)
+    steps_per_epoch = (50_000 - c.holdout) // c.batch_size
+    assert c.checkpoint_every == steps_per_epoch
 
 
 @pytest.mark.slow

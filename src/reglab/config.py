@@ -48,7 +48,7 @@ __all__ = [
 
 GROUPS = ("recipe", "model", "data", "optimisation", "regularization", "evaluation", "system",
           "output")
-OPTIMIZERS = ("sgd", "nesterov", "adamw")
+OPTIMIZERS = ("sgd", "nesterov", "adamw", "muon")
 SCHEDULES = ("constant", "step", "cosine", "linear")
 AUGMENTATIONS = ("none", "flip", "flip-crop", "flip-translate", "altflip-translate", "cutout",
                  "tutorial")
@@ -154,8 +154,9 @@ class TrainConfig:
     preset: str | None = setting(None, "a recipe applied under the config file and the flags: "
                                  "tutorial (the tutorial's run), quick (84% in minutes on a "
                                  "2-core CPU), cpu90 (quick to 90%: 14 epochs, translate TTA), "
-                                 "gpu (airbench94's recipe, seconds on a GPU), cpu94 (gpu's "
-                                 "recipe for 12 epochs: 93.65% in an hour on a 2-core CPU)",
+                                 "gpu (airbench94's recipe, seconds on a GPU), cpu94 "
+                                 "(airbench94_muon's: Muon, 8 epochs; 93.5% in 38 minutes on a "
+                                 "2-core CPU)",
                                  group="recipe", kind="system",
                                  choices=lambda: tuple(PRESETS))  # fmt: skip
     # model
@@ -198,9 +199,10 @@ class TrainConfig:
     epochs: float | None = setting(None, "passes over the training set; when set it gives the "
                                    "steps", group="optimisation", unit="epochs", low=0,
                                    low_open=True)  # fmt: skip
-    optimizer: str = setting("sgd", "sgd (momentum), nesterov, or adamw (its own decay off: "
-                             "reglab applies decay)", group="optimisation",
-                             choices=OPTIMIZERS)  # fmt: skip
+    optimizer: str = setting("sgd", "sgd (momentum), nesterov, adamw (its own decay off: "
+                             "reglab applies decay), or muon (conv filters by Muon at "
+                             "--muon-lr, renormalized every step; the rest Nesterov SGD)",
+                             group="optimisation", choices=OPTIMIZERS)  # fmt: skip
     lr: float = setting(0.01, "peak learning rate", group="optimisation", unit="per step", low=0,
                         low_open=True)  # fmt: skip
     momentum: float = setting(0.9, "SGD momentum; Adam's beta1 for adamw", group="optimisation",
@@ -230,6 +232,21 @@ class TrainConfig:
                                    "0.95^N·(t/T)³ and reset to it; the run ends on the slow "
                                    "copy (0: off; airbench: 5)", group="optimisation",
                                    unit="steps", low=0)  # fmt: skip
+    muon_lr: float = setting(0.24, "--optimizer muon: the conv filters' learning rate (each "
+                             "step moves a filter by about lr × an orthogonal matrix; "
+                             "airbench94_muon: 0.24), following --schedule like --lr",
+                             group="optimisation", unit="per step", low=0,
+                             low_open=True)  # fmt: skip
+    muon_momentum: float = setting(0.6, "--optimizer muon: the filters' Nesterov momentum "
+                                   "(airbench94_muon: 0.6; the other tensors use --momentum)",
+                                   group="optimisation", low=0, high=1,
+                                   high_open=True)  # fmt: skip
+    whiten_bias_epochs: float = setting(0.0, "train the whitening layer's bias (airbench "
+                                        "networks) at --norm-bias-lr-scale with its lr fading "
+                                        "linearly to 0 over N epochs, frozen after "
+                                        "(airbench94_muon: 3; 0: like any bias, all run)",
+                                        group="optimisation", unit="epochs", low=0,
+                                        metavar="N")  # fmt: skip
     # regularization
     l2: float = setting(0.0, "λ of loss + λ Σ‖w‖² over conv and linear weights, gradient 2λw "
                         "(the tutorial's text; its code's λ is --reg l2-half=λ); shorthand for "
@@ -514,14 +531,26 @@ PRESETS: dict[str, dict[str, Any]] = {
         "tta_translate": True,  # airbench94's tta_level 2
     },
 }
-# The gpu recipe run on a CPU for 12 epochs instead of 10, with a checkpoint every epoch (39
-# steps of 1024, minutes on a CPU) and a validation half-way (measured on a 2-core AVX2 EPYC:
-# 93.65% holdout in 63 minutes; BENCHMARKS.md).
+# The fastest CPU recipe to 93.5% found so far: airbench94_muon's (Keller Jordan). Muon on the
+# conv filters (so no decay on them: decay on the head and the biases, as airbench94_muon's wd of
+# 2e-6 x 2000 per step), batch 2000, 8 epochs, linear decay from the first step, the whitening
+# bias fading over 3 epochs, no lookahead; airbench94's net, shifts at 64x lr, frozen scales,
+# alternating flip, flip + translate TTA. A checkpoint every epoch (20 steps of 2000 images),
+# validation at the end (measured on a 2-core AVX2 EPYC: BENCHMARKS.md).
 PRESETS["cpu94"] = {
     **PRESETS["gpu"],
-    "epochs": 12,
-    "val_every": 234,  # at 6 epochs of 39 steps, and at the end
-    "checkpoint_every": 39,
+    "optimizer": "muon",
+    "muon_lr": 0.24,
+    "muon_momentum": 0.6,
+    "batch_size": 2000,
+    "epochs": 8,
+    "warmup_steps": 0,
+    "lookahead_every": 0,
+    "whiten_bias_epochs": 3,
+    "l2": 0.0,
+    "regularizers": ["wd=2.5e-3@linear.weight", "wd=4e-5@norm.bias,conv.bias"],
+    "log_every": 10,
+    "checkpoint_every": 20,
     "eval_batch_size": 1000,  # the default: 6 TTA views of 2,000 images are GPU-sized batches
 }
 

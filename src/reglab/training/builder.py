@@ -136,11 +136,42 @@ def build(
         forward = torch.compile(forward)
 
     reg = build_regularization(cfg, model)  # decided in one place, printed before training
-    optimizer = build_optimizer(cfg.optimizer, param_groups(model, cfg.norm_bias_lr_scale),
+    optimizer = build_optimizer(cfg.optimizer, optimizer_groups(cfg, model, steps, reg,
+                                                                pipeline.steps_per_epoch),
                                 cfg.lr, cfg.momentum)  # fmt: skip
     lookahead = Lookahead(model, cfg.lookahead_every, steps) if cfg.lookahead_every else None
     return Setup(cfg, device, dist, data, pipeline, model, forward, reg, optimizer, precision,
                  steps, label, precision.scaler(), lookahead)  # fmt: skip
+
+
+def optimizer_groups(cfg: TrainConfig, model: nn.Module, steps: int, reg: Regularization,
+                     steps_per_epoch: int) -> list[dict[str, Any]]:  # fmt: skip
+    """The optimizer's parameter groups (:func:`reglab.training.optim.param_groups`) for
+    ``cfg``; ConfigError when a setting cannot apply to ``model`` or a rule would be void."""
+    whiten_steps = 0
+    if cfg.whiten_bias_epochs:
+        whiten = getattr(model, "whiten", None)
+        if not isinstance(whiten, nn.Conv2d) or whiten.bias is None:
+            raise ConfigError(f"--whiten-bias-epochs needs a network with a whitening layer "
+                              f"(airbench, airbench94), not {cfg.model}: leave it at 0")
+        whiten_steps = min(steps, math.ceil(cfg.whiten_bias_epochs * steps_per_epoch))
+    muon_scale = None
+    if cfg.optimizer == "muon":
+        from reglab.training.muon import muon_params
+
+        filters = {id(p) for p in muon_params(model)}
+        if not filters:
+            raise ConfigError(f"--optimizer muon updates conv filters, and {cfg.model} has no "
+                              "trainable one: choose nesterov or sgd")  # fmt: skip
+        for r in reg.regularizers:
+            if any(id(p) in filters for _, p in r.params):
+                raise ConfigError(
+                    f"rule {r.label} covers conv filters, which --optimizer muon renormalizes "
+                    "every step (‖W‖ = √out-channels), so it cannot shrink them: scope it off "
+                    "them (e.g. @linear.weight,norm.bias) or choose another --optimizer")
+        muon_scale = cfg.muon_lr / cfg.lr
+    return param_groups(model, cfg.norm_bias_lr_scale, muon_scale, cfg.muon_momentum,
+                        whiten_steps)  # fmt: skip
 
 
 def freeze_norm_weights(model: nn.Module) -> None:

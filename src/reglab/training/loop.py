@@ -29,6 +29,7 @@ from reglab.regularization.diagnostics import bn_followed_weights, weight_diagno
 from reglab.training.builder import Setup, audit_first_step, build, environment
 from reglab.training.checkpoint import capture_rng, load_latest, restore_rng, save_checkpoint
 from reglab.training.distributed import DistInfo, all_finite, all_reduce_sum, broadcast
+from reglab.training.optim import fade_groups
 from reglab.training.rundir import RunDir
 from reglab.training.step import evaluate, train_step
 from reglab.training.tensorboard_log import (
@@ -271,6 +272,7 @@ def run_steps(
                 raise AuditError(verdict)
             progress.eval_seconds += time.perf_counter() - t0  # the audit is not training time
 
+        fade_groups(setup.optimizer, step)  # e.g. --whiten-bias-epochs' lr factor
         out = train_step(setup.forward, x, y, setup.reg, setup.optimizer, lr,
                          cfg.label_smoothing, autocast, guard=guard, scaler=scaler)  # fmt: skip
         done = step + 1

@@ -16,21 +16,55 @@ from torch import nn
 from reglab.regularization.scope import NORM_TYPES
 
 
-def param_groups(model: nn.Module, norm_bias_lr_scale: float = 1.0) -> list[dict[str, Any]]:
-    """The trainable parameters as optimizer groups, each with its ``lr_scale``: the
-    normalization layers' biases at ``norm_bias_lr_scale`` (airbench's bias_scaler, 64: batch
-    norm shifts learn 64 times faster than the weights), everything else at 1. The step sets
-    each group's lr to lr(step) · lr_scale. One group when the scale is 1."""
+def param_groups(
+    model: nn.Module,
+    norm_bias_lr_scale: float = 1.0,
+    muon_lr_scale: float | None = None,
+    muon_momentum: float = 0.6,
+    whiten_bias_steps: int = 0,
+) -> list[dict[str, Any]]:
+    """The trainable parameters as optimizer groups, each with its ``lr_scale`` (the step sets
+    each group's lr to lr(step) · lr_scale):
+
+    - normalization layers' biases at ``norm_bias_lr_scale`` (airbench's bias_scaler, 64: batch
+      norm shifts learn 64 times faster than the weights);
+    - with ``whiten_bias_steps``, the whitening layer's bias (``model.whiten``) at the same scale,
+      fading linearly to 0 over that many steps and frozen after (airbench94_muon, over 3
+      epochs): its ``fade_steps``, applied by :func:`fade_groups`;
+    - with ``muon_lr_scale``, the conv filters for Muon (``use_muon``, their own momentum);
+    - everything else at 1.
+
+    One group when all of it is off, so that earlier runs' optimizer state keeps its layout."""
     trainable = [p for p in model.parameters() if p.requires_grad]
-    if norm_bias_lr_scale == 1.0:
+    if norm_bias_lr_scale == 1.0 and muon_lr_scale is None and not whiten_bias_steps:
         return [{"params": trainable, "lr_scale": 1.0}]
-    norm_biases = {
-        id(m.bias) for m in model.modules() if isinstance(m, NORM_TYPES) and m.bias is not None
+    key: dict[int, str] = {}
+    for m in model.modules():
+        if isinstance(m, NORM_TYPES) and m.bias is not None and norm_bias_lr_scale != 1.0:
+            key[id(m.bias)] = "norm_bias"
+    if muon_lr_scale is not None:
+        from reglab.training.muon import muon_params
+
+        key.update((id(p), "muon") for p in muon_params(model))
+    if whiten_bias_steps:
+        key[id(model.whiten.bias)] = "whiten_bias"
+    spec = {
+        "norm_bias": {"lr_scale": norm_bias_lr_scale},
+        "whiten_bias": {"lr_scale": norm_bias_lr_scale, "fade_steps": whiten_bias_steps},
+        "muon": {"lr_scale": muon_lr_scale, "use_muon": True, "momentum": muon_momentum},
+        "rest": {"lr_scale": 1.0},
     }
-    scaled = [p for p in trainable if id(p) in norm_biases]
-    rest = [p for p in trainable if id(p) not in norm_biases]
-    groups = [{"params": scaled, "lr_scale": norm_bias_lr_scale}, {"params": rest, "lr_scale": 1.0}]
+    groups = [{"params": [p for p in trainable if key.get(id(p), "rest") == k], **extra}
+              for k, extra in spec.items()]  # fmt: skip
     return [g for g in groups if g["params"]]
+
+
+def fade_groups(optimizer: torch.optim.Optimizer, step: int) -> None:
+    """Before update ``step`` (0-based): groups with ``fade_steps`` F get the lr factor
+    max(0, 1 − step/F) (0 from step F on: frozen), which the step multiplies in."""
+    for group in optimizer.param_groups:
+        if group.get("fade_steps"):
+            group["fade"] = max(0.0, 1.0 - step / group["fade_steps"])
 
 
 def build_optimizer(
@@ -38,8 +72,10 @@ def build_optimizer(
     momentum: float,
 ) -> torch.optim.Optimizer:
     """sgd: momentum SGD (the tutorial's); nesterov: SGD with Nesterov momentum; adamw: Adam with
-    β1 = ``momentum``, β2 = 0.999 and its own weight decay off (reglab applies decay itself).
-    ``params``: tensors, or groups from :func:`param_groups`."""
+    β1 = ``momentum``, β2 = 0.999 and its own weight decay off (reglab applies decay itself);
+    muon: Muon on the groups marked ``use_muon``, Nesterov SGD on the rest
+    (:class:`reglab.training.muon.Muon`). ``params``: tensors, or groups from
+    :func:`param_groups`."""
     params = list(params)
     if name == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=momentum)
@@ -47,6 +83,10 @@ def build_optimizer(
         return torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=True)
     if name == "adamw":
         return torch.optim.AdamW(params, lr=lr, betas=(momentum, 0.999), weight_decay=0.0)
+    if name == "muon":
+        from reglab.training.muon import Muon
+
+        return Muon(params, lr=lr, momentum=momentum)
     raise ValueError(f"unknown optimizer {name!r}")
 
 

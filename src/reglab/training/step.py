@@ -46,15 +46,16 @@ def train_step(
     guard: str | None = None,
     scaler: torch.amp.GradScaler | None = None,
 ) -> StepOutput:
-    """One update at learning rate ``lr`` (times each parameter group's ``lr_scale``).
+    """One update at learning rate ``lr`` (times each parameter group's ``lr_scale`` and
+    ``fade``).
 
     ``reg`` is the regularization plan (:class:`reglab.regularization.Regularization`).
     ``guard`` None: no check; "stop": compute the finite flag (on the device, no sync) for the
     loop to check; "skip-step": also skip the update when it is False (one sync per step).
     ``scaler``: fp16's gradient scaler (gradients are unscaled before the regularizers act).
     """
-    for group in optimizer.param_groups:  # lr_scale: e.g. batch-norm biases' (param_groups)
-        group["lr"] = lr * group.get("lr_scale", 1.0)
+    for group in optimizer.param_groups:  # lr_scale, fade: see optim.param_groups
+        group["lr"] = lr * group.get("lr_scale", 1.0) * group.get("fade", 1.0)
     with autocast():
         logits = forward(x)
         # the loss in at least float32 (bf16 logits under autocast; float64 kept for the audit)
