@@ -28,6 +28,7 @@ from reglab.regularization.diagnostics import bn_followed_weights
 from reglab.regularization.scope import NORM_TYPES
 from reglab.training.distributed import DistInfo, device_for
 from reglab.training.lookahead import Lookahead
+from reglab.training.muon import muon_params
 from reglab.training.optim import build_optimizer, lr_at, param_groups
 from reglab.training.precision import Precision, cpu_flags, cpu_model, resolve_precision
 from reglab.training.step import train_step
@@ -157,8 +158,6 @@ def optimizer_groups(cfg: TrainConfig, model: nn.Module, steps: int, reg: Regula
         whiten_steps = min(steps, math.ceil(cfg.whiten_bias_epochs * steps_per_epoch))
     muon_scale = None
     if cfg.optimizer == "muon":
-        from reglab.training.muon import muon_params
-
         filters = {id(p) for p in muon_params(model)}
         if not filters:
             raise ConfigError(f"--optimizer muon updates conv filters, and {cfg.model} has no "

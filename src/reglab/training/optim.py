@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from reglab.regularization.scope import NORM_TYPES
+from reglab.training.muon import Muon, muon_params
 
 
 def param_groups(
@@ -43,8 +44,6 @@ def param_groups(
         if isinstance(m, NORM_TYPES) and m.bias is not None and norm_bias_lr_scale != 1.0:
             key[id(m.bias)] = "norm_bias"
     if muon_lr_scale is not None:
-        from reglab.training.muon import muon_params
-
         key.update((id(p), "muon") for p in muon_params(model))
     if whiten_bias_steps:
         key[id(model.whiten.bias)] = "whiten_bias"
@@ -84,8 +83,6 @@ def build_optimizer(
     if name == "adamw":
         return torch.optim.AdamW(params, lr=lr, betas=(momentum, 0.999), weight_decay=0.0)
     if name == "muon":
-        from reglab.training.muon import Muon
-
         return Muon(params, lr=lr, momentum=momentum)
     raise ValueError(f"unknown optimizer {name!r}")
 
