@@ -26,6 +26,7 @@ from reglab.regularization import Regularization, build_regularization
 from reglab.regularization.audit import AuditResult, audit_regularization
 from reglab.regularization.diagnostics import bn_followed_weights
 from reglab.regularization.scope import NORM_TYPES
+from reglab.training.allocator import malloc_mode
 from reglab.training.distributed import DistInfo, device_for
 from reglab.training.lookahead import Lookahead
 from reglab.training.muon import muon_params
@@ -52,6 +53,7 @@ class Setup:
     model_label: str  # cfg.model, or the class name of a network given to build()
     scaler: torch.amp.GradScaler | None = None  # fp16's loss scaler
     lookahead: Lookahead | None = None  # --lookahead-every's slow copy of the weights
+    malloc: str = "system"  # what --malloc made of the C allocator, in words
 
     def lr(self, step: int) -> float:
         c = self.cfg
@@ -100,6 +102,7 @@ def build(
         torch.set_num_threads(cfg.threads)
     seed_everything(cfg.seed)
     precision = resolve_precision(cfg.precision, device)
+    malloc = malloc_mode(cfg.malloc, device.type)
 
     if data is None:
         data = load_cifar10(cfg.data_dir, holdout=cfg.holdout, train_limit=cfg.train_limit)
@@ -142,7 +145,7 @@ def build(
                                 cfg.lr, cfg.momentum)  # fmt: skip
     lookahead = Lookahead(model, cfg.lookahead_every, steps) if cfg.lookahead_every else None
     return Setup(cfg, device, dist, data, pipeline, model, forward, reg, optimizer, precision,
-                 steps, label, precision.scaler(), lookahead)  # fmt: skip
+                 steps, label, precision.scaler(), lookahead, malloc)  # fmt: skip
 
 
 def optimizer_groups(cfg: TrainConfig, model: nn.Module, steps: int, reg: Regularization,
@@ -221,6 +224,7 @@ def environment(setup: Setup) -> dict[str, Any]:
         "threads": torch.get_num_threads(),
         "precision": setup.precision.name,
         "precision_reason": setup.precision.reason,
+        "malloc": setup.malloc,
         "cpu_features": sorted(cpu_flags() & CPU_FEATURES),
         "world_size": setup.dist.world_size,
         "backend": setup.dist.backend,

@@ -334,7 +334,7 @@ def run_steps(
                 batches = pipe.eval_batches(setup.data.val_images, setup.data.val_labels,
                                             cfg.eval_batch_size)  # fmt: skip
                 val_loss, val_acc, _ = evaluate(setup.model, batches, cfg.tta, autocast,
-                                                 cfg.tta_translate)
+                                                 cfg.tta_translate, cfg.tta_fraction)
                 with torch.no_grad():
                     pen = setup.reg.penalty()
                 split = setup.data.val_split

@@ -8,6 +8,7 @@ use (every gradient-side regularizer applied), ``probe("update")`` the weights j
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -110,6 +111,18 @@ def tta_views(x: torch.Tensor, flip: bool, translate: bool) -> list[tuple[float,
     return with_mirror(x, 0.5) + with_mirror(up_left, 0.25) + with_mirror(down_right, 0.25)
 
 
+def selective_tta_logits(model: nn.Module, x: torch.Tensor, flip: bool, translate: bool,
+                         fraction: float) -> torch.Tensor:  # fmt: skip
+    """The plain logits of ``x``, with the TTA logits (:func:`tta_views`) in place of the plain
+    ones for the ceil(``fraction`` x N) images of lowest softmax confidence (max probability)."""
+    logits = model(x).float()
+    k = math.ceil(fraction * len(x))
+    uncertain = logits.softmax(1).amax(1).topk(k, largest=False).indices
+    views = tta_views(x[uncertain], flip, translate)
+    logits[uncertain] = sum(weight * model(v).float() for weight, v in views)
+    return logits
+
+
 @torch.no_grad()
 def evaluate(
     model: nn.Module,
@@ -117,19 +130,25 @@ def evaluate(
     tta: bool = False,
     autocast: Callable[[], Any] = nullcontext,
     tta_translate: bool = False,
+    tta_fraction: float = 1.0,
 ) -> tuple[float, float, int]:
     """(mean cross entropy, accuracy, images) over ``batches`` of (x, y), batch norm in eval
     mode (the model's mode is restored). ``tta`` averages the logits of each image and its mirror
-    image, ``tta_translate`` also of its one-pixel translations (:func:`tta_views`). One device
-    synchronisation, at the end."""
+    image, ``tta_translate`` also of its one-pixel translations (:func:`tta_views`).
+    ``tta_fraction`` < 1 (hiverge's selective TTA) runs those views only for the ceil(fraction x
+    batch) images of each batch whose plain softmax confidence is lowest; the others keep their
+    plain logits. One device synchronisation, at the end."""
     was_training = model.training
     model.eval()
     loss_sum = correct = None
     n = 0
     for x, y in batches:
         with autocast():
-            views = tta_views(x, tta, tta_translate)
-            logits = sum(weight * model(v).float() for weight, v in views)
+            if (tta or tta_translate) and tta_fraction < 1:
+                logits = selective_tta_logits(model, x, tta, tta_translate, tta_fraction)
+            else:
+                logits = sum(weight * model(v).float() for weight, v in tta_views(x, tta,
+                                                                                  tta_translate))
         loss = F.cross_entropy(logits, y, reduction="sum")
         hits = (logits.argmax(1) == y).sum()
         loss_sum = loss if loss_sum is None else loss_sum + loss
