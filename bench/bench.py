@@ -12,7 +12,8 @@ backward, regularization, optimizer, the non-finite guard) on random batches alr
 device, channels-last, after warm-up steps; the variants of one model are interleaved and
 repeated, and the figure is the median. Ratios (bf16 / fp32, overhead) come from one run. On
 a CPU without AVX512-BF16 or AMX, bf16 is emulated and several times slower: it is then timed on
-one step only.
+one step only. Steps are run with reglab's default --malloc keep; the --malloc system column
+(glibc's default allocator) is timed the same way in a child process, after the others.
 Overhead: the preset's regularization and guard against the same step without them, plus the
 diagnostics of a log point divided by the preset's log interval.
 """
@@ -46,6 +47,7 @@ from reglab.training.step import train_step
 CASES = [
     ("airbench", 32, 256, "quick"),
     ("airbench94", 32, 1024, "gpu"),
+    ("airbench94", 32, 2000, "cpu94"),
     ("resnet18", 32, 128, None),
     ("tutorial-resnet", 96, 64, "tutorial"),
 ]
@@ -77,9 +79,10 @@ def random_data(n: int = 2048):
 
 
 def setup_for(model: str, size: int, batch: int, preset: str | None, precision: str,
-              regularized: bool, device: str):  # fmt: skip
+              regularized: bool, device: str, malloc: str = "keep"):  # fmt: skip
     overrides = {"model": model, "image_size": size, "batch_size": batch, "device": device,
-                 "precision": precision, "audit": False, "tensorboard": False}  # fmt: skip
+                 "precision": precision, "audit": False, "tensorboard": False,
+                 "malloc": malloc}  # fmt: skip
     if not regularized:
         overrides.update(l2=0.0, regularizers=[])
     cfg = build_config(preset, overrides=overrides)
@@ -128,10 +131,35 @@ def checkpoint_seconds(setup, repeats: int = 3) -> tuple[float, float]:
     return statistics.median(times), size
 
 
+def steps_for(batch: int, steps: int) -> int:
+    """Steps per measurement: ``steps`` up to batch 256, fewer (at least 2) for larger batches."""
+    return max(2, steps * 256 // max(batch, 256))
+
+
+def system_malloc_seconds(case: tuple, device: str, steps: int, repeats: int) -> float:
+    """Median seconds per fp32 step with ``--malloc system`` (the C library's allocator), in a
+    child process: this one keeps freed memory, which cannot be undone in a process."""
+    import subprocess
+
+    model, size, batch, preset = case
+    spec = f"{model},{size},{batch},{preset or ''},{steps},{repeats}"
+    out = subprocess.run([sys.executable, __file__, "--malloc-system-child", spec, "--device",
+                          device], capture_output=True, text=True, check=True).stdout  # fmt: skip
+    return float(out.split()[-1])
+
+
+def malloc_system_child(spec: str, device: str) -> None:
+    model, size, batch, preset, steps, repeats = spec.split(",")
+    s = setup_for(model, int(size), int(batch), preset or None, "fp32", True, device, "system")
+    measure(s, 2, True)
+    print(statistics.median(measure(s, int(steps), True) for _ in range(int(repeats))))
+
+
 def throughput_tables(device: str, steps: int, repeats: int, bf16: bool) -> str:
     rows = []
     ckpt_rows = []
     for model, size, batch, preset in CASES:
+        n_steps = steps_for(batch, steps)
         variants = {"fp32": ("fp32", True, True), "fp32 bare": ("fp32", False, False)}
         if bf16:
             variants["bf16"] = ("bf16", True, True)
@@ -145,25 +173,32 @@ def throughput_tables(device: str, steps: int, repeats: int, bf16: bool) -> str:
             for k, s in setups.items():
                 if k == "bf16" and slow_bf16 and r:  # emulated bf16: one step shows the ratio
                     continue
-                n = 1 if k == "bf16" and slow_bf16 else steps
+                n = 1 if k == "bf16" and slow_bf16 else n_steps
                 times[k].append(measure(s, n, variants[k][2]))
         t = {k: statistics.median(v) for k, v in times.items()}
+        if device == "cpu":
+            t_system = system_malloc_seconds((model, size, batch, preset), device, n_steps,
+                                             repeats)  # fmt: skip
+            sys_col = f"{batch / t_system:,.0f} ({t_system / t['fp32']:.2f}x)"
+        else:
+            sys_col = "n/a"
         full = setups["fp32"]
         log_every = full.cfg.log_every
         diag = diagnostics_seconds(full)
         overhead = (t["fp32"] + diag / log_every) / t["fp32 bare"] - 1
         regs = ", ".join(r.label for r in full.reg.regularizers) or "none"
         bf = f"{batch / t['bf16']:,.0f} ({t['fp32'] / t['bf16']:.2f}x)" if bf16 else "n/a"
-        rows.append(f"| {model} | {size} | {batch} | {batch / t['fp32']:,.0f} | {bf} | "
-                    f"{regs} | {100 * overhead:+.1f}% |")  # fmt: skip
+        rows.append(f"| {model} | {size} | {batch} | {batch / t['fp32']:,.0f} | {sys_col} | "
+                    f"{bf} | {regs} | {100 * overhead:+.1f}% |")  # fmt: skip
         secs, mib = checkpoint_seconds(full)
         every = full.cfg.checkpoint_every
         share = f"{100 * secs / (every * t['fp32']):.2f}% (every {every} steps)" if every else "-"
         ckpt_rows.append(f"| {model} | {mib:.1f} MiB | {secs * 1000:.0f} ms | {share} |")
         print(rows[-1], ckpt_rows[-1], sep="\n", file=sys.stderr, flush=True)
-    head = ["| model | image size | batch | fp32 images/s | bf16 autocast images/s (x fp32) | "
-            "regularization (preset) | overhead of regularization + guard + diagnostics |",
-            "|---|---|---|---|---|---|---|"]  # fmt: skip
+    head = ["| model | image size | batch | fp32 images/s | fp32 images/s, --malloc system "
+            "(keep's speed-up) | bf16 autocast images/s (x fp32) | regularization (preset) | "
+            "overhead of regularization + guard + diagnostics |",
+            "|---|---|---|---|---|---|---|---|"]  # fmt: skip
     ckpt_head = ["| model | checkpoint size | time per checkpoint | share of the run's time |",
                  "|---|---|---|---|"]  # fmt: skip
     return "\n".join([*head, *rows, "", *ckpt_head, *ckpt_rows])
@@ -229,9 +264,13 @@ def main() -> int:
     p.add_argument("--seed", type=int, help="train the presets with this seed (default: "
                    "theirs, 0)")
     p.add_argument("--skip-throughput", action="store_true")
+    p.add_argument("--malloc-system-child", metavar="SPEC", help=argparse.SUPPRESS)
     p.add_argument("--write", metavar="FILE", help="replace the generated parts of FILE that "
                    "this run measured (throughput, presets)")
     args = p.parse_args()
+    if args.malloc_system_child:
+        malloc_system_child(args.malloc_system_child, args.device)
+        return 0
     head = [f"Command: `python bench/bench.py {' '.join(sys.argv[1:])}`", "", machine(), ""]
     blocks = []  # (key of the generated block, its text)
     if not args.skip_throughput:

@@ -11,7 +11,15 @@ from conftest import synthetic_cifar
 from torch import nn
 
 from reglab.config import TrainConfig, build_config
-from reglab.data.pipeline import BatchPipeline, alternating_flip, augment_batch, batch_crop
+from reglab.data.pipeline import (
+    JITTER_BRIGHTNESS,
+    JITTER_CONTRAST,
+    BatchPipeline,
+    alternating_flip,
+    augment_batch,
+    batch_brightness_contrast,
+    batch_crop,
+)
 from reglab.regularization import Regularization
 from reglab.training import RunDir, train
 from reglab.training.builder import build, freeze_norm_weights
@@ -135,6 +143,37 @@ def test_altflip_translate_is_the_mask_then_airbench_translate():
     ref = batch_crop(torch.where(mask.view(-1, 1, 1, 1), x.flip(-1), x), 2,
                      torch.Generator().manual_seed(3), mode="reflect")  # fmt: skip
     assert torch.equal(out, ref)
+
+
+def test_brightness_contrast_jitter_is_hiverges_formula():
+    """x ← (x + b)·c per image, b ~ U(−0.1399, 0.1399) then c ~ U(1 − 0.1308, 1 + 0.1308) drawn
+    from the pipeline's generator in that order (hiverge's batch_color_jitter)."""
+    x = torch.randn(2000, 3, 4, 4, dtype=torch.float64)
+    out = batch_brightness_contrast(x, torch.Generator().manual_seed(5), 0.1399, 0.1308)
+    g = torch.Generator().manual_seed(5)
+    u_b, u_c = torch.rand(2000, generator=g), torch.rand(2000, generator=g)
+    b = (0.1399 * (2 * u_b - 1)).view(-1, 1, 1, 1)
+    c = (1 + 0.1308 * (2 * u_c - 1)).view(-1, 1, 1, 1)
+    torch.testing.assert_close(out, (x + b) * c)
+    # each image's output is an affine map of its input: a least-squares fit recovers c and b
+    xs, ys = x.flatten(1), out.flatten(1)
+    xc, yc = xs - xs.mean(1, keepdim=True), ys - ys.mean(1, keepdim=True)
+    slope = (xc * yc).sum(1) / (xc * xc).sum(1)
+    shift = (ys.mean(1) - slope * xs.mean(1)) / slope
+    assert slope.min() >= 1 - 0.1308 and slope.max() <= 1 + 0.1308
+    assert shift.abs().max() <= 0.1399 + 1e-9
+    assert slope.min() < 0.88 and slope.max() > 1.12 and shift.abs().max() > 0.13  # full ranges
+
+
+def test_altflip_translate_jitter_is_altflip_translate_then_the_jitter():
+    x = torch.randn(6, 3, 32, 32)
+    mask = torch.tensor([True, False, True, True, False, False])
+    out = augment_batch(x, "altflip-translate-jitter", torch.Generator().manual_seed(3), flip=mask)
+    g = torch.Generator().manual_seed(3)
+    ref = augment_batch(x, "altflip-translate", g, flip=mask)
+    ref = batch_brightness_contrast(ref, g, JITTER_BRIGHTNESS, JITTER_CONTRAST)
+    assert torch.equal(out, ref)
+    assert (JITTER_BRIGHTNESS, JITTER_CONTRAST) == (0.1399, 0.1308)
 
 
 def test_pipeline_alternates_flips_epoch_by_epoch(monkeypatch):

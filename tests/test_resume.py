@@ -144,7 +144,8 @@ def test_tutorial_network_killed_and_resumed_is_bit_exact(tmp_path, real_data_di
 
 @pytest.mark.slow
 def test_airbench_methods_killed_and_resumed_are_bit_exact(tmp_path, real_data_dir):
-    """Lookahead's slow copy, the alternating flip's epoch and Muon's momentum (with the
+    """Lookahead's slow copy, the alternating flip's epoch (and the colour jitter's draws from
+    the pipeline's generator) and Muon's momentum (with the
     whitening bias fading over the first 16 steps) survive kills: in the checkpoint
     of step 32 (the epoch boundary: 32 steps of 64 images), at step 34 and in the last
     validation, so the run finishes from step 36, inside the second epoch."""
@@ -153,6 +154,6 @@ def test_airbench_methods_killed_and_resumed_are_bit_exact(tmp_path, real_data_d
             "--steps", "40", "--warmup-steps", "5", "--log-every", "6", "--val-every", "10",
             "--checkpoint-every", "4", "--eval-batch-size", "250", "--no-tta-translate",
             "--lookahead-every", "5", "--norm-bias-lr-scale", "64", "--no-train-norm-weights",
-            "--augment", "altflip-translate", "--optimizer", "muon", "--l2", "0",
+            "--augment", "altflip-translate-jitter", "--optimizer", "muon", "--l2", "0",
             "--whiten-bias-epochs", "0.5", "--no-tensorboard"]  # fmt: skip
     check_kills_and_resume(tmp_path, base, ["ckpt-torn:8", "step:6", "eval:1"])

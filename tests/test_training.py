@@ -184,6 +184,33 @@ def test_evaluate_averages_the_logits_of_the_views():
         assert acc == (logits.argmax(1) == y).double().mean().item()
 
 
+def test_selective_tta_replaces_only_the_least_confident_logits():
+    """--tta-fraction f (hiverge's selective TTA): of each batch, the ceil(f·N) images whose plain
+    softmax confidence is lowest get the full TTA logits, the others their plain logits; f = 1
+    is plain TTA. Checked against a hand computation with a float64 model."""
+    from reglab.training.step import evaluate, selective_tta_logits, tta_views
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 10)).double()
+    x, y = torch.randn(40, 3, 8, 8, dtype=torch.float64), torch.randint(0, 10, (40,))
+    plain = model(x)
+    full = sum(w * model(v) for w, v in tta_views(x, True, True))
+    confidence = plain.softmax(1).max(1).values
+    for fraction, k in ((0.25, 10), (0.1, 4), (0.26, 11), (1.0, 40)):
+        out = selective_tta_logits(model, x, True, True, fraction)
+        chosen = confidence.argsort()[:k]
+        expected = plain.clone()
+        expected[chosen] = full[chosen]
+        torch.testing.assert_close(out, expected.float())  # logits in float32, as evaluate
+    # evaluate applies it per batch
+    batches = [(x[:20], y[:20]), (x[20:], y[20:])]
+    _, acc, n = evaluate(model, batches, True, tta_translate=True, tta_fraction=0.25)
+    parts = [selective_tta_logits(model, xb, True, True, 0.25) for xb, _ in batches]
+    assert n == 40 and acc == (torch.cat(parts).argmax(1) == y).double().mean().item()
+    assert evaluate(model, batches, True, tta_translate=True, tta_fraction=1.0)[1] == (
+        (full.argmax(1) == y).double().mean().item())
+
+
 def test_cpu90_is_the_quick_recipe_run_longer():
     """cpu90 changes what quick learns only in its length, and evaluates with translate TTA."""
     quick, cpu90 = build_config("quick"), build_config("cpu90")
@@ -216,14 +243,15 @@ def test_cpu94_is_airbench94_muons_recipe():
     1.66 per step of mean loss here (reglab's 1.6), and its bias lr 0.053 is 106 (reglab's
     1.6 x 64 = 102). Its decay, wd/lr per group with wd = 2e-6 · 2000, shrinks every such
     tensor by 4e-3 per step; torch's weight_decay c at lr η shrinks by η·c: c = 4e-3/1.6 = 2.5e-3
-    on the head, 4e-3/102 ≈ 4e-5 on the biases. Checkpoints fall on whole epochs."""
+    on the head, 4e-3/102 ≈ 4e-5 on the biases. Checkpoints fall on whole epochs. reglab's own
+    changes: 8.5 epochs instead of 8, hiverge's jitter and selective TTA (BENCHMARKS.md)."""
     c = build_config("cpu94")
-    assert (c.model, c.optimizer, c.batch_size, c.epochs) == ("airbench94", "muon", 2000, 8)
+    assert (c.model, c.optimizer, c.batch_size, c.epochs) == ("airbench94", "muon", 2000, 8.5)
     assert (c.muon_lr, c.muon_momentum, c.momentum, c.label_smoothing) == (0.24, 0.6, 0.85, 0.2)
     assert (c.schedule, c.warmup_steps, c.lookahead_every) == ("linear", 0, 0)
     assert (c.whiten_bias_epochs, c.train_norm_weights, c.augment) == (
-        3, False, "altflip-translate")
-    assert (c.tta, c.tta_translate) == (True, True)
+        3, False, "altflip-translate-jitter")  # + hiverge's jitter
+    assert (c.tta, c.tta_translate, c.tta_fraction) == (True, True, 0.25)  # hiverge's selective
     assert c.lr == pytest.approx(0.67 * 2000 * (9 / 256) ** 2, rel=0.05)
     assert c.lr * c.norm_bias_lr_scale == pytest.approx(0.053 * 2000, rel=0.05)
     assert c.l2 == 0 and c.regularizers == ["wd=2.5e-3@linear.weight",

@@ -179,7 +179,8 @@ def run(
         f"({setup.parameters:,} parameters) on {device}"
         + (f" x {dist.world_size} processes ({dist.backend})" if dist.enabled else "")
         + f", {setup.precision.name} ({setup.precision.reason}), "
-        f"{len(setup.data.train_images):,} training images, validation: {setup.data.val_split} "
+        + (f"malloc {setup.malloc}, " if setup.device.type == "cpu" else "")
+        + f"{len(setup.data.train_images):,} training images, validation: {setup.data.val_split} "
         f"({n_val:,} images), {setup.steps:,} steps of batch {pipe.batch_size}"
         + (f"; resumed at step {progress.step}" if progress.step else ""))  # fmt: skip
     table = setup.reg.table(setup.model)
