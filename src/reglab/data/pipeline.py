@@ -173,13 +173,13 @@ def augment_batch(
         return batch_color_jitter(batch_flip(x, generator), generator)
     if augment in ("flip", "flip-crop", "flip-translate", "cutout"):
         x = batch_flip(x, generator)
-    if augment in ("altflip-translate", "altflip-translate-jitter"):
+    if augment.startswith("altflip"):
         if flip is None:
             raise ValueError("altflip-translate needs the batch's flip mask")
         x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
     if augment in ("flip-crop", "cutout"):
         x = batch_crop(x, 4, generator, mode="zeros")
-    elif augment in ("flip-translate", "altflip-translate", "altflip-translate-jitter"):
+    elif augment == "flip-translate" or augment.startswith("altflip"):
         x = batch_crop(x, 2, generator, mode="reflect")
     if augment == "altflip-translate-jitter":
         x = batch_brightness_contrast(x, generator, JITTER_BRIGHTNESS, JITTER_CONTRAST)

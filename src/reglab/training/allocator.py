@@ -4,8 +4,9 @@ A training step on a CPU allocates and frees the same large tensors every step (
 batch of 2000, activations of 100-500 MB each). glibc's malloc serves blocks that large with
 ``mmap`` and returns them to the kernel on ``free``, so the next step's tensors are fresh pages:
 every 4 KiB page faults and is zeroed by the kernel before the kernel's first write. Measured on
-a 2-core EPYC (bench/results/malloc_cpu_2026-12-01.txt): about 150,000-230,000 page faults per
-step of 500 images, 0.6 s of system time in a 2.9 s step.
+a 2-core EPYC (bench/page_faults.py, bench/results/page_faults_cpu_2026-12-01.txt): 1.44 million
+page faults and 10.5 s of system CPU time per step of 2000 images, 17.6 s a step against 10.4 s
+with freed memory kept (at 500 images: 3.44 s against 2.79 s).
 
 :func:`keep_freed_memory` tells glibc (``mallopt``) to serve large blocks from its heap instead
 of ``mmap`` and not to give freed heap back to the kernel, the effect PyTorch's CPU performance
@@ -22,7 +23,6 @@ import functools
 # mallopt's parameter numbers (glibc's malloc.h)
 M_TRIM_THRESHOLD = -1
 M_MMAP_MAX = -4
-KEEP_BYTES = 1 << 62  # a trim threshold no heap reaches: freed memory is never given back
 
 
 @functools.cache
@@ -35,7 +35,6 @@ def _glibc() -> ctypes.CDLL | None:
         libc.gnu_get_libc_version.restype = ctypes.c_char_p
         libc.gnu_get_libc_version()
         libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-        _ = libc.mallopt
     except (OSError, AttributeError):  # not glibc (musl, macOS, Windows)
         return None
     return libc

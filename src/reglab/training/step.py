@@ -114,12 +114,13 @@ def tta_views(x: torch.Tensor, flip: bool, translate: bool) -> list[tuple[float,
 def selective_tta_logits(model: nn.Module, x: torch.Tensor, flip: bool, translate: bool,
                          fraction: float) -> torch.Tensor:  # fmt: skip
     """The plain logits of ``x``, with the TTA logits (:func:`tta_views`) in place of the plain
-    ones for the ceil(``fraction`` x N) images of lowest softmax confidence (max probability)."""
+    ones for the ceil(``fraction`` x N) images of lowest softmax confidence (max probability).
+    The first view is the image itself: its logits are the plain ones, not computed again."""
     logits = model(x).float()
     k = math.ceil(fraction * len(x))
     uncertain = logits.softmax(1).amax(1).topk(k, largest=False).indices
-    views = tta_views(x[uncertain], flip, translate)
-    logits[uncertain] = sum(weight * model(v).float() for weight, v in views)
+    (w0, _), *others = tta_views(x[uncertain], flip, translate)
+    logits[uncertain] = w0 * logits[uncertain] + sum(w * model(v).float() for w, v in others)
     return logits
 
 
