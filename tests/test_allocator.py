@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from reglab.config import build_config
+from reglab.errors import ConfigError
 from reglab.training.builder import build, environment
 
 pytestmark = pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="needs glibc")
@@ -57,5 +58,5 @@ def test_the_run_records_the_allocator(tmp_path):
     # in this process an earlier test may have kept memory already: then it says so
     env = environment(build(cfg, data=synthetic_cifar(n_train=16, n_val=8)))
     assert env["malloc"] == "system" or env["malloc"].startswith("keep")
-    with pytest.raises(Exception, match="malloc"):
+    with pytest.raises(ConfigError, match="malloc"):
         build_config(overrides={"malloc": "jemalloc"})
