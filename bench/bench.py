@@ -15,7 +15,11 @@ a CPU without AVX512-BF16 or AMX, bf16 is emulated and several times slower: it 
 one step only. Steps are run with reglab's default --malloc keep; the --malloc system column
 (glibc's default allocator) is timed the same way in a child process, after the others.
 Overhead: the preset's regularization and guard against the same step without them, plus the
-diagnostics of a log point divided by the preset's log interval.
+diagnostics of a log point divided by the preset's log interval, in two ways: the difference of
+the two interleaved step medians (A/B: includes every indirect cost, but on a noisy machine it is
+only as exact as the steps' spread, several % at a few steps per measurement), and the
+regularization and guard timed alone on a real step's gradients (exact to the microsecond,
+misses only effects on the rest of the step, such as caches).
 """
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ from reglab.training import build
 from reglab.training.checkpoint import save_checkpoint
 from reglab.training.loop import Progress, checkpoint_state
 from reglab.training.precision import cpu_flags, cpu_has_fast_bf16, cpu_model
-from reglab.training.step import train_step
+from reglab.training.step import grads_finite, train_step
 
 # (model, image size, batch, the preset whose regularization and intervals it uses)
 CASES = [
@@ -119,6 +123,32 @@ def diagnostics_seconds(setup, repeats: int = 3) -> float:
     return statistics.median(times)
 
 
+def regularization_seconds(setup, repeats: int = 20) -> float:
+    """Median seconds of what train_step runs beyond the bare step, timed alone: the penalty's
+    loss term and its backward (None for closed-form penalties), the non-finite check,
+    ``before_step`` and ``after_step``, on the gradients a real step left."""
+    s = setup
+    x, y = s.pipeline.next_batch()
+    out = train_step(s.forward, x, y, s.reg, s.optimizer, s.lr(0), s.cfg.label_smoothing,
+                     s.precision.autocast(), guard="stop", scaler=s.scaler)  # fmt: skip
+    params = [p for g in s.optimizer.param_groups for p in g["params"]]
+    loss = out.data_loss.detach()
+    sync = torch.cuda.synchronize if s.device.type == "cuda" else (lambda: None)
+    times = []
+    for _ in range(repeats):
+        sync()
+        t0 = time.perf_counter()
+        term = s.reg.loss_term()
+        if term is not None:
+            term.backward()
+        grads_finite(params, loss)
+        s.reg.before_step(s.lr(0))
+        s.reg.after_step(s.lr(0))
+        sync()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
 def checkpoint_seconds(setup, repeats: int = 3) -> tuple[float, float]:
     """(median seconds per checkpoint, MiB) with reglab's atomic, fsync'ed, checksummed write."""
     times, size = [], 0.0
@@ -186,10 +216,11 @@ def throughput_tables(device: str, steps: int, repeats: int, bf16: bool) -> str:
         log_every = full.cfg.log_every
         diag = diagnostics_seconds(full)
         overhead = (t["fp32"] + diag / log_every) / t["fp32 bare"] - 1
+        alone = (regularization_seconds(full) + diag / log_every) / t["fp32 bare"]
         regs = ", ".join(r.label for r in full.reg.regularizers) or "none"
         bf = f"{batch / t['bf16']:,.0f} ({t['fp32'] / t['bf16']:.2f}x)" if bf16 else "n/a"
         rows.append(f"| {model} | {size} | {batch} | {batch / t['fp32']:,.0f} | {sys_col} | "
-                    f"{bf} | {regs} | {100 * overhead:+.1f}% |")  # fmt: skip
+                    f"{bf} | {regs} | {100 * overhead:+.1f}% | {100 * alone:.2f}% |")  # fmt: skip
         secs, mib = checkpoint_seconds(full)
         every = full.cfg.checkpoint_every
         share = f"{100 * secs / (every * t['fp32']):.2f}% (every {every} steps)" if every else "-"
@@ -197,8 +228,8 @@ def throughput_tables(device: str, steps: int, repeats: int, bf16: bool) -> str:
         print(rows[-1], ckpt_rows[-1], sep="\n", file=sys.stderr, flush=True)
     head = ["| model | image size | batch | fp32 images/s | fp32 images/s, --malloc system "
             "(keep's speed-up) | bf16 autocast images/s (x fp32) | regularization (preset) | "
-            "overhead of regularization + guard + diagnostics |",
-            "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+            "overhead of regularization + guard + diagnostics: A/B | the same, timed alone |",
+            "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     ckpt_head = ["| model | checkpoint size | time per checkpoint | share of the run's time |",
                  "|---|---|---|---|"]  # fmt: skip
     return "\n".join([*head, *rows, "", *ckpt_head, *ckpt_rows])

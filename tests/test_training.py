@@ -244,9 +244,9 @@ def test_cpu94_is_airbench94_muons_recipe():
     1.6 x 64 = 102). Its decay, wd/lr per group with wd = 2e-6 · 2000, shrinks every such
     tensor by 4e-3 per step; torch's weight_decay c at lr η shrinks by η·c: c = 4e-3/1.6 = 2.5e-3
     on the head, 4e-3/102 ≈ 4e-5 on the biases. Checkpoints fall on whole epochs. reglab's own
-    changes: 8.5 epochs instead of 8, hiverge's jitter and selective TTA (BENCHMARKS.md)."""
+    additions: hiverge's jitter and selective TTA (BENCHMARKS.md)."""
     c = build_config("cpu94")
-    assert (c.model, c.optimizer, c.batch_size, c.epochs) == ("airbench94", "muon", 2000, 8.5)
+    assert (c.model, c.optimizer, c.batch_size, c.epochs) == ("airbench94", "muon", 2000, 8)
     assert (c.muon_lr, c.muon_momentum, c.momentum, c.label_smoothing) == (0.24, 0.6, 0.85, 0.2)
     assert (c.schedule, c.warmup_steps, c.lookahead_every) == ("linear", 0, 0)
     assert (c.whiten_bias_epochs, c.train_norm_weights, c.augment) == (

@@ -156,8 +156,8 @@ class TrainConfig:
                                  "tutorial (the tutorial's run), quick (84% in minutes on a "
                                  "2-core CPU), cpu90 (quick to 90%: 14 epochs, translate TTA), "
                                  "gpu (airbench94's recipe, seconds on a GPU), cpu94 "
-                                 "(airbench94_muon's: Muon, 8.5 epochs, with hiverge's jitter "
-                                 "and selective TTA; 93.68% in about 30 minutes on a 2-core "
+                                 "(airbench94_muon's: Muon, 8 epochs, with hiverge's jitter "
+                                 "and selective TTA; 93.5% in under 30 minutes on a 2-core "
                                  "CPU)",
                                  group="recipe", kind="system",
                                  choices=lambda: tuple(PRESETS))  # fmt: skip
@@ -552,16 +552,17 @@ PRESETS: dict[str, dict[str, Any]] = {
 # over 3 epochs, no lookahead; airbench94's net, shifts at 64x lr, frozen scales, alternating
 # flip; with two of hiverge's cifar10-speedrun additions: its brightness / contrast jitter, and
 # flip + translate TTA for the least confident quarter of each batch only (on the 7.5-epoch run
-# of results/cpu94: 93.44% against 93.45% with all six views, in 32 s instead of 78 s). 8.5
-# epochs: 7.5 reached 93.44%. A checkpoint every epoch (20 steps of 2000 images), validation at
-# the end (measured on a 2-core AVX2 EPYC: BENCHMARKS.md).
+# of results/cpu94: 93.44% against 93.45% with all six views, in 32 s instead of 78 s). 8
+# epochs (airbench94_muon's own; seed 0: 7.5 reached 93.44%, 8 93.75%, 8.5 93.68%). A checkpoint
+# every epoch (20 steps of 2000 images), validation at the end (measured on a 2-core AVX2 EPYC:
+# BENCHMARKS.md).
 PRESETS["cpu94"] = {
     **PRESETS["gpu"],
     "optimizer": "muon",
     "muon_lr": 0.24,
     "muon_momentum": 0.6,
     "batch_size": 2000,
-    "epochs": 8.5,
+    "epochs": 8,
     "augment": "altflip-translate-jitter",
     "tta_fraction": 0.25,
     "warmup_steps": 0,
