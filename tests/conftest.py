@@ -18,6 +18,13 @@ from pathlib import Path
 
 import pytest
 
+# Under pytest-xdist (`-n N`), each worker takes its share of the cores for torch's threads and
+# for its subprocesses' (set before torch is imported), so that N workers share the machine
+# instead of each running as many threads as it has cores.
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    _share = (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, _share)))
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # Where the shared read-only copy lives on the project machines (tests may name it; src/ may not).
 SHARED_CIFAR10 = REPO_ROOT.parent / "shared" / "cifar10"

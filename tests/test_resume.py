@@ -122,11 +122,11 @@ def check_kills_and_resume(tmp: Path, base: list[str], kills: list[str]) -> None
 @pytest.mark.slow
 def test_quick_preset_killed_anywhere_resumes_bit_exact(tmp_path, real_data_dir):
     base = ["train", "--preset", "quick", "--data-dir", str(real_data_dir), "--threads", "1",
-            "--train-limit", "2048", "--holdout", "500", "--batch-size", "64", "--steps", "40",
-            "--warmup-steps", "5", "--log-every", "6", "--val-every", "10",
-            "--checkpoint-every", "4", "--eval-batch-size", "100", "--no-tensorboard"]  # fmt: skip
+            "--train-limit", "2048", "--holdout", "300", "--batch-size", "64", "--steps", "24",
+            "--warmup-steps", "5", "--log-every", "4", "--val-every", "5",
+            "--checkpoint-every", "3", "--eval-batch-size", "100", "--no-tensorboard"]  # fmt: skip
     rng = random.Random(7)  # random steps, reproducibly; then the places that must be survived
-    steps = sorted(rng.sample(range(3, 38), 2))
+    steps = sorted(rng.sample(range(3, 22), 2))
     kills = [f"step:{steps[0]}", "ckpt-torn:3", f"step:{steps[1] - steps[0]}", "eval:1",
              "ckpt-unsummed:2"]  # fmt: skip
     check_kills_and_resume(tmp_path, base, kills)
@@ -135,25 +135,25 @@ def test_quick_preset_killed_anywhere_resumes_bit_exact(tmp_path, real_data_dir)
 @pytest.mark.slow
 def test_tutorial_network_killed_and_resumed_is_bit_exact(tmp_path, real_data_dir):
     base = ["train", "--preset", "tutorial", "--data-dir", str(real_data_dir), "--threads", "1",
-            "--image-size", "32", "--batch-size", "16", "--steps", "240", "--train-limit", "2048",
-            "--holdout", "300", "--log-every", "20", "--val-every", "60",
+            "--image-size", "32", "--batch-size", "16", "--steps", "120", "--train-limit", "2048",
+            "--holdout", "300", "--log-every", "20", "--val-every", "30",
             "--checkpoint-every", "25", "--eval-batch-size", "100",
             "--no-tensorboard"]  # fmt: skip
-    check_kills_and_resume(tmp_path, base, ["step:90", "eval:2", "ckpt-torn:2"])
+    check_kills_and_resume(tmp_path, base, ["step:45", "eval:2", "ckpt-torn:2"])
 
 
 @pytest.mark.slow
 def test_airbench_methods_killed_and_resumed_are_bit_exact(tmp_path, real_data_dir):
     """Lookahead's slow copy, the alternating flip's epoch (and the colour jitter's draws from
     the pipeline's generator) and Muon's momentum (with the
-    whitening bias fading over the first 16 steps) survive kills: in the checkpoint
-    of step 32 (the epoch boundary: 32 steps of 64 images), at step 34 and in the last
-    validation, so the run finishes from step 36, inside the second epoch."""
+    whitening bias fading over the first 8 steps) survive kills: in the checkpoint
+    of step 16 (the epoch boundary: 16 steps of 64 images), at step 18 and in the last
+    validation, so the run finishes from step 20, inside the second epoch."""
     base = ["train", "--preset", "cpu94", "--model", "airbench", "--data-dir", str(real_data_dir),
-            "--threads", "1", "--train-limit", "2048", "--holdout", "500", "--batch-size", "64",
-            "--steps", "40", "--warmup-steps", "5", "--log-every", "6", "--val-every", "10",
+            "--threads", "1", "--train-limit", "1024", "--holdout", "500", "--batch-size", "64",
+            "--steps", "22", "--warmup-steps", "5", "--log-every", "6", "--val-every", "11",
             "--checkpoint-every", "4", "--eval-batch-size", "250", "--no-tta-translate",
             "--lookahead-every", "5", "--norm-bias-lr-scale", "64", "--no-train-norm-weights",
             "--augment", "altflip-translate-jitter", "--optimizer", "muon", "--l2", "0",
             "--whiten-bias-epochs", "0.5", "--no-tensorboard"]  # fmt: skip
-    check_kills_and_resume(tmp_path, base, ["ckpt-torn:8", "step:6", "eval:1"])
+    check_kills_and_resume(tmp_path, base, ["ckpt-torn:4", "step:6", "eval:1"])
