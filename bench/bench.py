@@ -51,6 +51,7 @@ from reglab.training.step import grads_finite, train_step
 # (model, image size, batch, the preset whose regularization and intervals it uses)
 CASES = [
     ("airbench", 32, 256, "quick"),
+    ("airbench", 32, 1000, "cpu90"),
     ("airbench94", 32, 1024, "gpu"),
     ("airbench94", 32, 2000, "cpu94"),
     ("resnet18", 32, 128, None),

@@ -211,13 +211,15 @@ def test_selective_tta_replaces_only_the_least_confident_logits():
         (full.argmax(1) == y).double().mean().item())
 
 
-def test_cpu90_is_the_quick_recipe_run_longer():
-    """cpu90 changes what quick learns only in its length, and evaluates with translate TTA."""
-    quick, cpu90 = build_config("quick"), build_config("cpu90")
-    differs = {k for k, v in quick.to_dict().items() if cpu90.to_dict()[k] != v}
-    assert differs == {"preset", "epochs", "val_every", "checkpoint_every", "tta_translate"}
-    assert (cpu90.epochs, cpu90.tta, cpu90.tta_translate) == (14, True, True)
-    assert cpu90.val_every % 156 == 0 and cpu90.checkpoint_every % 156 == 0  # whole epochs
+def test_cpu90_is_cpu94s_recipe_on_quicks_network():
+    """cpu90 trains cpu94's recipe (Muon, jitter, selective TTA; its 8 epochs) on quick's
+    quarter-width network at batch 1000, with a checkpoint every epoch."""
+    cpu94, cpu90 = build_config("cpu94"), build_config("cpu90")
+    differs = {k for k, v in cpu94.to_dict().items() if cpu90.to_dict()[k] != v}
+    assert differs == {"preset", "model", "batch_size", "checkpoint_every"}
+    assert cpu90.model == build_config("quick").model
+    assert (cpu90.batch_size, cpu90.epochs) == (1000, 8)
+    assert cpu90.checkpoint_every == (50_000 - cpu90.holdout) // cpu90.batch_size
 
 
 def test_gpu_preset_is_airbench94s_recipe():
@@ -264,17 +266,16 @@ def test_cpu94_is_airbench94_muons_recipe():
 
 @pytest.mark.slow
 def test_short_real_run_beats_chance(real_data_dir):
-    """A few thousand real images, a couple of epochs, evaluated as cpu90 evaluates (flip and
-    translate TTA): far above the 10% of guessing."""
+    """A few thousand real images, a few epochs of cpu90's recipe at a smaller batch, evaluated
+    as cpu90 evaluates (selective flip + translate TTA): far above the 10% of guessing."""
     cfg = build_config(
         "cpu90",
         overrides={"data_dir": str(real_data_dir), "holdout": 2000, "train_limit": 4000,
-                   "epochs": 4, "batch_size": 128, "warmup_steps": 20, "val_every": 10_000,
-                   "log_every": 10_000},
+                   "epochs": 4, "batch_size": 200, "log_every": 10_000},
     )  # fmt: skip
     result = train(cfg, quiet=True)
     assert result.val_split == "holdout" and result.val_images == 2000
-    assert result.final_val_acc > 0.40, result
+    assert result.final_val_acc > 0.60, result  # 0.738 on the AVX2 EPYC of BENCHMARKS.md
 
 
 @pytest.mark.slow
