@@ -4,7 +4,7 @@ the cost of a checkpoint, and (with --presets) each preset's time to its accurac
 
     python bench/bench.py --data-dir ../shared/cifar10                      # throughput tables
     python bench/bench.py --data-dir ../shared/cifar10 --presets quick      # + a full quick run
-    python bench/bench.py --skip-throughput --presets quick,cpu90 ...    # the presets only
+    python bench/bench.py --skip-throughput --presets quick,cpu90 ...     # the presets only
     python bench/bench.py ... --write BENCHMARKS.md    # replace the parts measured in the file
 
 Throughput is measured on full training steps (reglab's own train_step: forward, loss,
@@ -50,8 +50,8 @@ from reglab.training.step import grads_finite, train_step
 
 # (model, image size, batch, the preset whose regularization and intervals it uses)
 CASES = [
-    ("airbench", 32, 256, "quick"),
-    ("airbench", 32, 1000, "cpu90"),
+    ("airbench", 32, 256, "quick-sgd"),
+    ("airbench", 32, 1000, "quick"),  # cpu90's steps too: the same settings, more epochs
     ("airbench94", 32, 1024, "gpu"),
     ("airbench94", 32, 2000, "cpu94"),
     ("resnet18", 32, 128, None),
@@ -220,6 +220,7 @@ def throughput_tables(device: str, steps: int, repeats: int, bf16: bool) -> str:
         overhead = (t["fp32"] + diag / log_every) / t["fp32 bare"] - 1
         alone = (regularization_seconds(full) + diag / log_every) / t["fp32 bare"]
         regs = ", ".join(r.label for r in full.reg.regularizers) or "none"
+        regs += f" ({preset})" if preset else ""
         bf = f"{batch / t['bf16']:,.0f} ({t['fp32'] / t['bf16']:.2f}x)" if bf16 else "n/a"
         rows.append(f"| {model} | {size} | {batch} | {batch / t['fp32']:,.0f} | {sys_col} | "
                     f"{bf} | {regs} | {100 * overhead:+.1f}% | {100 * alone:.2f}% |")  # fmt: skip

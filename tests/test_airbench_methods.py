@@ -202,7 +202,7 @@ def test_airbench_options_train_and_checkpoint(tmp_path):
     """A short run with every option on: norm scales stay 1, the run ends on the slow copy, and
     the checkpoint keeps the slow copy."""
     data = synthetic_cifar(n_train=256, n_val=64)
-    cfg = build_config(preset="quick", overrides={
+    cfg = build_config(preset="quick-sgd", overrides={
         "steps": 10, "epochs": None, "batch_size": 32, "warmup_steps": 2, "lookahead_every": 5,
         "norm_bias_lr_scale": 64.0, "train_norm_weights": False,
         "augment": "altflip-translate", "log_every": 5, "val_every": 10, "checkpoint_every": 4,

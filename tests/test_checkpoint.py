@@ -158,7 +158,7 @@ def test_resume_keeps_settings_and_refuses_contradictions(tmp_path, capsys, real
     from reglab.cli import main
 
     run = tmp_path / "r"
-    args = ["train", "--preset", "quick", "--data-dir", str(real_data_dir), "--train-limit",
+    args = ["train", "--preset", "quick-sgd", "--data-dir", str(real_data_dir), "--train-limit",
             "512", "--holdout", "128", "--batch-size", "64", "--steps", "4", "--runs-dir",
             str(tmp_path), "--name", "r", "--threads", "1", "--no-tensorboard"]  # fmt: skip
     assert main(args) == 0

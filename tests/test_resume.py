@@ -120,8 +120,8 @@ def check_kills_and_resume(tmp: Path, base: list[str], kills: list[str]) -> None
 
 
 @pytest.mark.slow
-def test_quick_preset_killed_anywhere_resumes_bit_exact(tmp_path, real_data_dir):
-    base = ["train", "--preset", "quick", "--data-dir", str(real_data_dir), "--threads", "1",
+def test_quick_sgd_preset_killed_anywhere_resumes_bit_exact(tmp_path, real_data_dir):
+    base = ["train", "--preset", "quick-sgd", "--data-dir", str(real_data_dir), "--threads", "1",
             "--train-limit", "2048", "--holdout", "300", "--batch-size", "64", "--steps", "24",
             "--warmup-steps", "5", "--log-every", "4", "--val-every", "5",
             "--checkpoint-every", "3", "--eval-batch-size", "100", "--no-tensorboard"]  # fmt: skip

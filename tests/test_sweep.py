@@ -46,7 +46,7 @@ from reglab.sweeps.space import (
 )
 from reglab.sweeps.worker import Worker
 
-TINY = ["--preset", "quick", "--train-limit", "300", "--holdout", "200", "--batch-size", "50",
+TINY = ["--preset", "quick-sgd", "--train-limit", "300", "--holdout", "200", "--batch-size", "50",
         "--steps", "4", "--val-every", "4", "--log-every", "2", "--no-tta", "--no-audit",
         "--threads", "1"]  # fmt: skip
 TESTS = Path(__file__).resolve().parent

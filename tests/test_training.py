@@ -211,15 +211,32 @@ def test_selective_tta_replaces_only_the_least_confident_logits():
         (full.argmax(1) == y).double().mean().item())
 
 
-def test_cpu90_is_cpu94s_recipe_on_quicks_network():
-    """cpu90 trains cpu94's recipe (Muon, jitter, selective TTA; its 8 epochs) on quick's
-    quarter-width network at batch 1000, with a checkpoint every epoch."""
+def differing_settings(a, b) -> set[str]:
+    return {k for k, v in a.to_dict().items() if b.to_dict()[k] != v}
+
+
+def test_cpu90_is_cpu94s_recipe_on_the_quarter_width_network():
+    """cpu90 trains cpu94's recipe (Muon, jitter, selective TTA; its 8 epochs) on the
+    quarter-width airbench network at batch 1000, with a checkpoint every epoch."""
     cpu94, cpu90 = build_config("cpu94"), build_config("cpu90")
-    differs = {k for k, v in cpu94.to_dict().items() if cpu90.to_dict()[k] != v}
-    assert differs == {"preset", "model", "batch_size", "checkpoint_every"}
-    assert cpu90.model == build_config("quick").model
+    assert differing_settings(cpu94, cpu90) == {"preset", "model", "batch_size",
+                                                "checkpoint_every"}  # fmt: skip
+    assert (cpu94.model, cpu90.model) == ("airbench94", "airbench")
     assert (cpu90.batch_size, cpu90.epochs) == (1000, 8)
     assert cpu90.checkpoint_every == (50_000 - cpu90.holdout) // cpu90.batch_size
+
+
+def test_quick_is_cpu90_for_3_epochs_and_quick_sgd_the_nesterov_l2_recipe():
+    """quick is cpu90's recipe, shortened to 3 epochs; quick-sgd keeps the recipe quick had
+    before (and the λ studies of docs/ ran): the same network, Nesterov SGD with L2 on every
+    conv and linear weight, 4 epochs of 256."""
+    quick, cpu90, sgd = build_config("quick"), build_config("cpu90"), build_config("quick-sgd")
+    assert differing_settings(cpu90, quick) == {"preset", "epochs"} and quick.epochs == 3
+    assert sgd.model == quick.model
+    assert (sgd.optimizer, sgd.lr, sgd.momentum, sgd.l2, sgd.regularizers) == (
+        "nesterov", 0.2, 0.85, 5e-4, [])  # fmt: skip
+    assert (sgd.batch_size, sgd.epochs, sgd.label_smoothing, sgd.augment) == (
+        256, 4, 0.2, "flip-translate")  # fmt: skip
 
 
 def test_gpu_preset_is_airbench94s_recipe():

@@ -4,7 +4,7 @@ The Python API (docs/api.md)::
 
     import reglab
 
-    cfg = reglab.build_config("quick", overrides={"l2": 1e-3})
+    cfg = reglab.build_config("quick-sgd", overrides={"l2": 1e-3})
     result = reglab.train(cfg, model=my_net)          # any nn.Module: reglab's regularization,
     print(result.final_val_acc)                       # audit, logs and checkpoints
 
