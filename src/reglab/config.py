@@ -562,7 +562,7 @@ _CPU94: dict[str, Any] = {
     "eval_batch_size": 1000,  # the default: 6 TTA views of 2,000 images are GPU-sized batches
 }
 
-# The fastest CPU recipe to 90% found so far: cpu94's on quick's quarter-width network, batch
+# The fastest CPU recipe to 90% found so far: cpu94's on the quarter-width airbench network, batch
 # 1000, 8 epochs (measured on a 2-core AVX2 EPYC, BENCHMARKS.md; at 6 epochs, seed 0, batches of
 # 500 / 1000 / 2000 reached 89.70 / 89.90 / 89.38%; 7 epochs of 1000: 90.19 / 89.97%, seeds 0 /
 # 1). A checkpoint every epoch (40 steps), validation at the end.
