@@ -153,8 +153,29 @@ def test_muon_groups_hold_the_filters_and_the_whitening_bias_fades():
         lrs.append(whiten["lr"])
         moved = not torch.equal(before, model.whiten.bias)
         assert moved == (step < 4), step
+        assert model.whiten.bias.requires_grad == (step < 4), step  # frozen: no gradient
+        assert (model.whiten.bias.grad is None) == (step >= 4), step
     expected = [setup.lr(s) * 64 * max(0.0, 1 - s / 4) for s in range(6)]
     assert lrs == pytest.approx(expected)
+
+
+def test_freezing_the_faded_bias_changes_no_update():
+    """From step F on, fade_groups' freeze turns the faded group's gradients off, to save the
+    backward work only they need; every parameter ends where the same steps without the freeze
+    (the faded group computing gradients that lr 0 ignores) leave it."""
+    data = synthetic_cifar(n_train=256, n_val=8)
+    ends = []
+    for freeze in (True, False):
+        torch.manual_seed(0)
+        setup = build(muon_config(), data=data)
+        for step in range(7):
+            fade_groups(setup.optimizer, step, freeze=freeze)
+            x, y = setup.pipeline.next_batch()
+            train_step(setup.forward, x, y, setup.reg, setup.optimizer, setup.lr(step))
+        assert setup.model.whiten.bias.requires_grad == (not freeze)
+        ends.append(dict(setup.model.named_parameters()))
+    for name, p in ends[0].items():
+        torch.testing.assert_close(p, ends[1][name], rtol=1e-6, atol=1e-7, msg=name)
 
 
 def test_param_groups_are_one_group_when_everything_is_off():

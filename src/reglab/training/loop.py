@@ -273,7 +273,7 @@ def run_steps(
                 raise AuditError(verdict)
             progress.eval_seconds += time.perf_counter() - t0  # the audit is not training time
 
-        fade_groups(setup.optimizer, step)  # e.g. --whiten-bias-epochs' lr factor
+        fade_groups(setup.optimizer, step, freeze=not dist.enabled)  # --whiten-bias-epochs
         out = train_step(setup.forward, x, y, setup.reg, setup.optimizer, lr,
                          cfg.label_smoothing, autocast, guard=guard, scaler=scaler)  # fmt: skip
         done = step + 1
