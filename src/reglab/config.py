@@ -161,7 +161,7 @@ class TrainConfig:
                                  "2-core CPU), "
                                  "gpu (airbench94's recipe, seconds on a GPU), cpu94 "
                                  "(airbench94_muon's: Muon, 8 epochs, with hiverge's jitter "
-                                 "and selective TTA; 93.5% in under 30 minutes on a 2-core "
+                                 "and selective TTA; 93.5% in about 30 minutes on a 2-core "
                                  "CPU)",
                                  group="recipe", kind="system",
                                  choices=lambda: tuple(PRESETS))  # fmt: skip
