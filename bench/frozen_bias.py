@@ -10,8 +10,6 @@ repeats, medians, one run.
 from __future__ import annotations
 
 import argparse
-import datetime
-import os
 import statistics
 import sys
 import time
@@ -22,9 +20,9 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
+from bench import machine  # bench/bench.py's machine lines (date, torch, CPU model and flags)
 from reglab.models import create_model
 from reglab.training.allocator import keep_freed_memory
-from reglab.training.precision import cpu_flags, cpu_model
 
 
 def step_seconds(model, x, y) -> float:
@@ -43,10 +41,7 @@ def main() -> int:
     args = p.parse_args()
     keep_freed_memory()  # reglab's default --malloc keep
     torch.manual_seed(0)
-    flags = sorted(cpu_flags() & {"avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile"})
-    print(f"Date: {datetime.date.today().isoformat()}; CPU: {cpu_model()}, {os.cpu_count()} cores, "
-          f"{torch.get_num_threads()} torch threads; flags: {', '.join(flags) or 'none'}; torch "
-          f"{torch.__version__}, fp32, channels-last, --malloc keep\n")
+    print(machine(), "- fp32, channels-last, --malloc keep\n", sep="\n")
     print("| model | batch | s / step, bias taking gradients | s / step, bias frozen | "
           "frozen / taking |\n|---|---|---|---|---|")
     for name in ("airbench", "airbench94"):
