@@ -242,23 +242,29 @@ def preset_runs(names: list[str], data_dir: str | None, device: str,
                 keep: Path | None = None, seed: int | None = None) -> str:  # fmt: skip
     """Each preset as a user runs it (``reglab train --preset NAME``, a new process): the wall
     time from process start to summary, and when each accuracy mark was first validated.
-    ``keep``: run in KEEP/bench-NAME (for ``reglab export --compact-to``) instead of a
-    temporary folder. ``seed``: run with ``--seed SEED`` (in KEEP/bench-NAME-seedSEED), else
-    the preset's (0)."""
+    A name may carry flags after the preset (``"cpu90 --low-res-epochs 0"``: a same-run A/B).
+    ``keep``: run in KEEP/bench-NAME (for ``reglab export --compact-to``; the flags joined
+    into the name by dashes) instead of a temporary folder. ``seed``: run with ``--seed SEED``
+    (in KEEP/bench-NAME-seedSEED), else the preset's (0)."""
     import contextlib
     import json
+    import re
+    import shlex
     import subprocess
 
     rows = ["| preset | model | steps x batch | final holdout acc | wall time (process start "
             "to summary) | training time | wall time to " + " / ".join(
                 f"{100 * m:g}%" for m in MARKS) + " |", "|---|---|---|---|---|---|---|"]
     for name in names:
+        preset, *flags = shlex.split(name)
         folder = (contextlib.nullcontext(str(keep)) if keep else tempfile.TemporaryDirectory())
-        tag = name if seed is None else f"{name}-seed{seed}"
+        tag = "-".join([preset, *(re.sub(r"[^\w.]+", "", f) for f in flags)])
+        tag = tag if seed is None else f"{tag}-seed{seed}"
         run = f"bench-{tag}" if keep else "run"
         with folder as tmp:
-            cmd = [sys.executable, "-m", "reglab", "train", "--preset", name, "--device", device,
-                   "--runs-dir", tmp, "--name", run, "--no-tensorboard"]  # fmt: skip
+            cmd = [sys.executable, "-m", "reglab", "train", "--preset", preset, *flags,
+                   "--device", device, "--runs-dir", tmp, "--name", run,
+                   "--no-tensorboard"]  # fmt: skip
             if seed is not None:
                 cmd += ["--seed", str(seed)]
             if data_dir:
@@ -290,7 +296,8 @@ def main() -> int:
     p.add_argument("--steps", type=int, default=8, help="steps per measurement (8)")
     p.add_argument("--repeats", type=int, default=3, help="interleaved repeats (3)")
     p.add_argument("--no-bf16", action="store_true", help="skip the bf16 column")
-    p.add_argument("--presets", default="", help="comma-separated presets to run in full")
+    p.add_argument("--presets", default="", help="comma-separated presets to run in full, "
+                   "each with flags if given (\"cpu90,cpu90 --low-res-epochs 0\")")
     p.add_argument("--keep-runs", metavar="DIR", type=Path, help="run the presets in "
                    "DIR/bench-NAME and keep them (default: temporary folders)")
     p.add_argument("--presets-block", default="bench-presets", metavar="KEY", help="the "

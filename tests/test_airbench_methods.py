@@ -182,9 +182,9 @@ def test_pipeline_alternates_flips_epoch_by_epoch(monkeypatch):
     seen: list[tuple[int, torch.Tensor, torch.Tensor]] = []
     prepare = pipe.prepare
 
-    def spy(images, augment="none", flip=None):
+    def spy(images, augment="none", flip=None, size=None):
         seen.append((pipe.epoch, images.clone(), flip.clone()))
-        return prepare(images, augment, flip)
+        return prepare(images, augment, flip, size)
 
     monkeypatch.setattr(pipe, "prepare", spy)
     for _ in range(2 * pipe.steps_per_epoch):

@@ -146,14 +146,16 @@ def test_tutorial_network_killed_and_resumed_is_bit_exact(tmp_path, real_data_di
 def test_airbench_methods_killed_and_resumed_are_bit_exact(tmp_path, real_data_dir):
     """Lookahead's slow copy, the alternating flip's epoch (and the colour jitter's draws from
     the pipeline's generator) and Muon's momentum (with the
-    whitening bias fading over the first 8 steps) survive kills: in the checkpoint
-    of step 16 (the epoch boundary: 16 steps of 64 images), at step 18 and in the last
-    validation, so the run finishes from step 20, inside the second epoch."""
+    whitening bias fading over the first 8 steps, and the first epoch at 16 px: progressive
+    resizing) survive kills: in the checkpoint of step 16 (the epoch boundary, where the size
+    changes: 16 steps of 64 images), at step 18 and in the last validation, so the run
+    finishes from step 20, inside the second epoch."""
     base = ["train", "--preset", "cpu94", "--model", "airbench", "--data-dir", str(real_data_dir),
             "--threads", "1", "--train-limit", "1024", "--holdout", "500", "--batch-size", "64",
             "--steps", "22", "--warmup-steps", "5", "--log-every", "6", "--val-every", "11",
             "--checkpoint-every", "4", "--eval-batch-size", "250", "--no-tta-translate",
             "--lookahead-every", "5", "--norm-bias-lr-scale", "64", "--no-train-norm-weights",
             "--augment", "altflip-translate-jitter", "--optimizer", "muon", "--l2", "0",
-            "--whiten-bias-epochs", "0.5", "--no-tensorboard"]  # fmt: skip
+            "--whiten-bias-epochs", "0.5", "--low-res-epochs", "1", "--low-res-size", "16",
+            "--no-tensorboard"]  # fmt: skip
     check_kills_and_resume(tmp_path, base, ["ckpt-torn:4", "step:6", "eval:1"])

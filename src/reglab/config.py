@@ -199,6 +199,14 @@ class TrainConfig:
                            "+ a 16-px square); tutorial (resize x1.25, crop, flip, colour "
                            "jitter)",
                            group="data", choices=AUGMENTATIONS)  # fmt: skip
+    low_res_epochs: float = setting(0.0, "progressive resizing: train the first N epochs on "
+                                    "images resized down to --low-res-size pixels (a conv's "
+                                    "cost goes with the pixels), the rest and every evaluation "
+                                    "at --image-size (0: off)", group="data", unit="epochs",
+                                    low=0, metavar="N")  # fmt: skip
+    low_res_size: int = setting(24, "--low-res-epochs: the side of the early epochs' images "
+                                "(bilinear, antialiased)", group="data", unit="pixels", low=1,
+                                high=512)  # fmt: skip
     # optimisation
     batch_size: int = setting(64, "images per step (per process under torchrun: the global "
                               "batch is this times the world size)", group="optimisation",
@@ -345,6 +353,15 @@ class TrainConfig:
             check_image_size(self.model, self.image_size)
         except ValueError as e:
             raise ConfigError(str(e)) from None
+        if self.low_res_epochs:
+            if self.low_res_size >= self.image_size:
+                raise ConfigError(f"--low-res-size {self.low_res_size} must be smaller than "
+                                  f"--image-size {self.image_size}: lower it, or drop "
+                                  "--low-res-epochs")  # fmt: skip
+            try:
+                check_image_size(self.model, self.low_res_size)
+            except ValueError as e:
+                raise ConfigError(str(e).replace("--image-size", "--low-res-size")) from None
         if self.train_limit is not None and self.train_limit < self.batch_size:
             raise ConfigError(f"--train-limit {self.train_limit} is smaller than --batch-size "
                               f"{self.batch_size}: raise --train-limit or lower --batch-size")

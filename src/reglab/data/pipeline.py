@@ -37,11 +37,12 @@ def per_image_standardize(pixels: torch.Tensor) -> torch.Tensor:
     return (pixels - mean) / std.clamp_min(n**-0.5)
 
 
-def resize(x: torch.Tensor, size: int) -> torch.Tensor:
+def resize(x: torch.Tensor, size: int, antialias: bool = False) -> torch.Tensor:
+    """Bilinear resize to ``size`` x ``size``; ``antialias`` filters before shrinking."""
     if x.shape[-1] == size and x.shape[-2] == size:
         return x
     return F.interpolate(
-        x, size=(size, size), mode="bilinear", align_corners=False, antialias=False
+        x, size=(size, size), mode="bilinear", align_corners=False, antialias=antialias
     )
 
 
@@ -215,6 +216,7 @@ class BatchPipeline:
         channels_last: bool = False,
         normalization: str = "dataset",
         shard: tuple[int, int] = (0, 1),
+        low_res: tuple[float, int] = (0.0, 0),
     ):
         self.device = torch.device(device)
         self.images = images.to(self.device)
@@ -229,6 +231,9 @@ class BatchPipeline:
             raise ValueError(f"batch {batch_size} does not split over {self.world_size} processes")
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
         self.steps_per_epoch = len(self.images) // batch_size
+        # progressive resizing: the first low_res_batches batches at low_res_size pixels
+        self.low_res_batches = round(low_res[0] * self.steps_per_epoch)
+        self.low_res_size = low_res[1]
         self.order: torch.Tensor | None = None  # this epoch's batches of indices
         self.position = 0  # next batch of this epoch
         self.epoch = -1  # epochs begun, less one (alternating flip's parity)
@@ -238,11 +243,15 @@ class BatchPipeline:
                                          generator=self.generator) < 0.5  # fmt: skip
 
     def prepare(
-        self, images: torch.Tensor, augment: str = "none", flip: torch.Tensor | None = None
+        self, images: torch.Tensor, augment: str = "none", flip: torch.Tensor | None = None,
+        size: int | None = None,
     ) -> torch.Tensor:
+        """Normalised, augmented and resized to ``size`` (default: the image size) pixels."""
         x = normalize(images)
         x = augment_batch(x, augment, self.generator, self.image_size, flip)
         x = resize(x, self.image_size)
+        if size is not None and size < self.image_size:  # progressive resizing's early epochs
+            x = resize(x, size, antialias=True)
         if self.normalization == "per-image":  # back to pixels (0-255), then per image
             mean = torch.tensor(MEAN, device=x.device).view(1, 3, 1, 1) * 255
             std = torch.tensor(STD, device=x.device).view(1, 3, 1, 1) * 255
@@ -260,11 +269,13 @@ class BatchPipeline:
             self.position = 0
             self.epoch += 1
         idx = self.order[self.position]
+        low_res = self.epoch * self.steps_per_epoch + self.position < self.low_res_batches
         self.position += 1
         flip = None
         if self.first_flip is not None:
             flip = alternating_flip(self.first_flip[idx], self.epoch)
-        x, y = self.prepare(self.images[idx], self.augment, flip), self.labels[idx]
+        size = self.low_res_size if low_res else None
+        x, y = self.prepare(self.images[idx], self.augment, flip, size), self.labels[idx]
         if self.world_size > 1:
             x, y = x[self.rank :: self.world_size], y[self.rank :: self.world_size]
         return x, y

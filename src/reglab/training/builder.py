@@ -113,6 +113,7 @@ def build(
         data.train_images, data.train_labels, cfg.batch_size * dist.world_size, cfg.image_size,
         augment=cfg.augment, device=device, seed=cfg.seed, channels_last=cfg.channels_last,
         normalization=cfg.normalization, shard=(dist.rank, dist.world_size),
+        low_res=(cfg.low_res_epochs, cfg.low_res_size),
     )  # fmt: skip
     if pipeline.steps_per_epoch < 1:
         raise ConfigError(f"{len(data.train_images)} training images make no batch of "

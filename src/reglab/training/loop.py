@@ -297,11 +297,18 @@ def run_steps(
         if done % check_every == 0:
             check_finite(done, x, out)
 
-        if done - calibrate_from == 11:  # the expected time, from this process's first 11 steps
+        if done - calibrate_from == 11:  # the expected time, from this process's last 11 steps
             per_step = (training_seconds() - calibrate_mark) / 11
-            left = (setup.steps - done) * per_step
+            low_res = done <= pipe.low_res_batches  # the pace measured on low-res steps
+            full_scale = (cfg.image_size / cfg.low_res_size) ** 2 if low_res else 1.0
+            left = training_time_left(setup.steps - done, pipe.low_res_batches - done, per_step,
+                                      full_scale)  # fmt: skip
             say(f"[time]: about {per_step:.3f} s / step here: {fmt_duration(left)} of training "
-                "to go, validation apart")  # fmt: skip
+                "to go, validation apart"
+                + (f", full-size steps guessed at (image / low-res size)² = {full_scale:.2f}x "
+                   "this pace" if low_res and setup.steps > pipe.low_res_batches else ""))
+        if done == pipe.low_res_batches < setup.steps:  # at full size: measure the pace anew
+            calibrate_from, calibrate_mark = done, training_seconds()
 
         if done % cfg.log_every == 0 or done == setup.steps:
             check_finite(done, x, out)
@@ -366,6 +373,15 @@ def run_steps(
             last_checkpoint = time.perf_counter()
 
     return make_result(setup, progress, time.perf_counter() - started)
+
+
+def training_time_left(steps_left: int, low_res_left: int, per_step: float,
+                       full_scale: float = 1.0) -> float:  # fmt: skip
+    """Seconds of the ``steps_left`` steps at ``per_step`` each, the ``low_res_left`` first of
+    them at the pace measured and the rest ``full_scale`` times slower (progressive resizing:
+    a step's cost goes with the pixels)."""
+    low = min(max(low_res_left, 0), steps_left)
+    return (low + (steps_left - low) * full_scale) * per_step
 
 
 def fmt_duration(seconds: float) -> str:
