@@ -71,6 +71,14 @@ def test_bad_low_res_settings_are_one_line_errors(overrides, needle):
     assert "\n" not in str(e.value)
 
 
+def test_low_res_epochs_covering_the_whole_run_is_an_error():
+    data = synthetic_cifar(n_train=128, n_val=32)
+    cfg = build_config(preset="cpu90", overrides={"epochs": 3, "batch_size": 32})
+    with pytest.raises(ConfigError, match=r"--low-res-epochs 4 covers the whole run of 12 steps "
+                       r"\(3 epochs\).*lower --low-res-epochs"):  # fmt: skip
+        train(cfg, data=data, quiet=True)
+
+
 def test_low_res_size_is_not_checked_when_off():
     TrainConfig(model="airbench", image_size=32, low_res_size=64).validate()
 

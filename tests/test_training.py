@@ -217,21 +217,25 @@ def differing_settings(a, b) -> set[str]:
 
 def test_cpu90_is_cpu94s_recipe_on_the_quarter_width_network():
     """cpu90 trains cpu94's recipe (Muon, jitter, selective TTA; its 8 epochs) on the
-    quarter-width airbench network at batch 1000, with a checkpoint every epoch."""
+    quarter-width airbench network at batch 1000, the first half at 24 px, with a checkpoint
+    every epoch."""
     cpu94, cpu90 = build_config("cpu94"), build_config("cpu90")
     assert differing_settings(cpu94, cpu90) == {"preset", "model", "batch_size",
-                                                "checkpoint_every"}  # fmt: skip
+                                                "checkpoint_every", "low_res_epochs"}  # fmt: skip
     assert (cpu94.model, cpu90.model) == ("airbench94", "airbench")
     assert (cpu90.batch_size, cpu90.epochs) == (1000, 8)
+    assert (cpu90.low_res_epochs, cpu90.low_res_size) == (cpu90.epochs / 2, 24)
     assert cpu90.checkpoint_every == (50_000 - cpu90.holdout) // cpu90.batch_size
 
 
 def test_quick_is_cpu90_for_3_epochs_and_quick_sgd_the_nesterov_l2_recipe():
-    """quick is cpu90's recipe, shortened to 3 epochs; quick-sgd keeps the recipe quick had
-    before (and the λ studies of docs/ ran): the same network, Nesterov SGD with L2 on every
-    conv and linear weight, 4 epochs of 256."""
+    """quick is cpu90's recipe, shortened to 3 epochs (the first half at low res, as cpu90's);
+    quick-sgd keeps the recipe quick had before (and the λ studies of docs/ ran): the same
+    network, Nesterov SGD with L2 on every conv and linear weight, 4 epochs of 256."""
     quick, cpu90, sgd = build_config("quick"), build_config("cpu90"), build_config("quick-sgd")
-    assert differing_settings(cpu90, quick) == {"preset", "epochs"} and quick.epochs == 3
+    assert differing_settings(cpu90, quick) == {"preset", "epochs", "low_res_epochs"}
+    assert (quick.epochs, quick.low_res_epochs) == (3, 1.5)
+    assert sgd.low_res_epochs == 0
     assert sgd.model == quick.model
     assert (sgd.optimizer, sgd.lr, sgd.momentum, sgd.l2, sgd.regularizers) == (
         "nesterov", 0.2, 0.85, 5e-4, [])  # fmt: skip

@@ -119,6 +119,12 @@ def build(
         raise ConfigError(f"{len(data.train_images)} training images make no batch of "
                           f"{pipeline.batch_size}: lower --batch-size")  # fmt: skip
     steps = total_steps(cfg, pipeline.steps_per_epoch)
+    if pipeline.low_res_batches >= steps:
+        raise ConfigError(f"--low-res-epochs {cfg.low_res_epochs:g} covers the whole run of "
+                          f"{steps} steps ({steps / pipeline.steps_per_epoch:g} epochs), so it "
+                          f"would never train at --image-size {cfg.image_size}: lower "
+                          "--low-res-epochs (cpu90's: half the epochs), or 0 for "
+                          "none")  # fmt: skip
 
     label = cfg.model if model is None else type(model).__name__
     if model is None:
