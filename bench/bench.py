@@ -29,6 +29,7 @@ import argparse
 import datetime
 import os
 import platform
+import shlex
 import statistics
 import sys
 import tempfile
@@ -249,7 +250,6 @@ def preset_runs(names: list[str], data_dir: str | None, device: str,
     import contextlib
     import json
     import re
-    import shlex
     import subprocess
 
     rows = ["| preset | model | steps x batch | final holdout acc | wall time (process start "
@@ -312,7 +312,7 @@ def main() -> int:
     if args.malloc_system_child:
         malloc_system_child(args.malloc_system_child, args.device)
         return 0
-    head = [f"Command: `python bench/bench.py {' '.join(sys.argv[1:])}`", "", machine(), ""]
+    head = [f"Command: `python bench/bench.py {shlex.join(sys.argv[1:])}`", "", machine(), ""]
     blocks = []  # (key of the generated block, its text)
     if not args.skip_throughput:
         tables = throughput_tables(args.device, args.steps, args.repeats, not args.no_bf16)

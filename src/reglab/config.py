@@ -582,11 +582,12 @@ _CPU94: dict[str, Any] = {
 }
 
 # The fastest CPU recipe to 90% found so far: cpu94's on the quarter-width airbench network, batch
-# 1000, 8 epochs, the first 4 at 24 px (progressive resizing, cpu94's). Measured on a 2-core AVX2 EPYC
-# (BENCHMARKS.md, results/cpu90), seeds 0 / 1: all 8 epochs at 32 px 90.59 / 90.32%; the first 4
-# at 24 px 90.28 / 90.30% in about 0.8x the time; 7 epochs at 32 px 90.19 / 89.97%; seed 0, the
-# first 5 of 8 at 24 px 89.81%, 5 of 9 at 20 px 89.56%; at 6 epochs batches of 500 / 1000 / 2000
-# reached 89.70 / 89.90 / 89.38%. A checkpoint every epoch (40 steps), validation at the end.
+# 1000, 8 epochs, the first 4 at 24 px (progressive resizing, cpu94's). Measured on a 2-core AVX2
+# EPYC (BENCHMARKS.md, results/cpu90), seeds 0 / 1: all 8 epochs at 32 px 90.59 / 90.32%; the
+# first 4 at 24 px 90.28 / 90.30% (0.70x the time in one bench run); 7 epochs at 32 px 90.19 /
+# 89.97%; seed 0, the first 5 of 8 at 24 px 89.81%, 5 of 9 at 20 px 89.56%; at 6 epochs batches
+# of 500 / 1000 / 2000 reached 89.70 / 89.90 / 89.38%. A checkpoint every epoch (40 steps),
+# validation at the end.
 _CPU90: dict[str, Any] = {
     **_CPU94,
     "model": "airbench",
@@ -597,7 +598,7 @@ _CPU90: dict[str, Any] = {
 
 # The quick CPU recipe: cpu90's for 3 epochs (120 steps of 1000), the first 1.5 at 24 px: 87% in
 # about 2 minutes on a 2-core AVX2 CPU (BENCHMARKS.md; seed 0: 87.48% all at 32 px, 87.39% with
-# 1.5 epochs at 24 px, 87.35% with 1, 86.65% with 2; quick-sgd's 4 epochs: 84%).
+# 1.5 epochs at 24 px in 0.72x the time, 87.35% with 1, 86.65% with 2; quick-sgd's 4 epochs: 84%).
 _QUICK: dict[str, Any] = {**_CPU90, "epochs": 3, "low_res_epochs": 1.5}
 
 PRESETS: dict[str, dict[str, Any]] = {
