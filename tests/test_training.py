@@ -288,12 +288,13 @@ def test_cpu94_is_airbench94_muons_recipe():
 
 @pytest.mark.slow
 def test_short_real_run_beats_chance(real_data_dir):
-    """A few thousand real images, a few epochs of cpu90's recipe at a smaller batch, evaluated
-    as cpu90 evaluates (selective flip + translate TTA): far above the 10% of guessing."""
+    """A few thousand real images, a few epochs of cpu90's recipe at a smaller batch (the first
+    half at 24 px, as cpu90's), evaluated as cpu90 evaluates (selective flip + translate TTA):
+    far above the 10% of guessing."""
     cfg = build_config(
         "cpu90",
         overrides={"data_dir": str(real_data_dir), "holdout": 2000, "train_limit": 4000,
-                   "epochs": 4, "batch_size": 200, "log_every": 10_000},
+                   "epochs": 4, "low_res_epochs": 2, "batch_size": 200, "log_every": 10_000},
     )  # fmt: skip
     result = train(cfg, quiet=True)
     assert result.val_split == "holdout" and result.val_images == 2000
@@ -302,7 +303,8 @@ def test_short_real_run_beats_chance(real_data_dir):
 
 @pytest.mark.slow
 def test_bf16_autocast_trains_as_well_as_fp32(real_data_dir):
-    """The quick preset, shortened, in bf16 autocast and in fp32 over several seeds: the mean
+    """The quick preset, shortened (its first half at 24 px), in bf16 autocast and in fp32 over
+    several seeds: the mean
     holdout accuracies agree within their noise (on a CPU without AVX512-BF16 bf16 is emulated
     and slow, about 1 s per step of 64 images here, so the runs are short and evaluated without
     TTA; the benchmark measures the full preset)."""
@@ -311,7 +313,8 @@ def test_bf16_autocast_trains_as_well_as_fp32(real_data_dir):
         for seed in (0, 1):
             cfg = build_config("quick", overrides={
                 "data_dir": str(real_data_dir), "holdout": 1000, "train_limit": 1024,
-                "steps": 16, "batch_size": 64, "warmup_steps": 4, "val_every": 16,
+                "steps": 16, "low_res_epochs": 0.5, "batch_size": 64, "warmup_steps": 4,
+                "val_every": 16,
                 "log_every": 16, "seed": seed, "precision": precision, "tensorboard": False,
                 "audit": False, "eval_batch_size": 500, "tta": False})  # fmt: skip
             result = train(cfg, quiet=True)

@@ -120,8 +120,9 @@ def build(
                           f"{pipeline.batch_size}: lower --batch-size")  # fmt: skip
     steps = total_steps(cfg, pipeline.steps_per_epoch)
     if pipeline.low_res_batches >= steps:
+        epochs = steps / pipeline.steps_per_epoch
         raise ConfigError(f"--low-res-epochs {cfg.low_res_epochs:g} covers the whole run of "
-                          f"{steps} steps ({steps / pipeline.steps_per_epoch:g} epochs), so it "
+                          f"{steps} steps ({epochs:g} epoch{'' if epochs == 1 else 's'}), so it "
                           f"would never train at --image-size {cfg.image_size}: lower "
                           "--low-res-epochs (cpu90's: half the epochs), or 0 for "
                           "none")  # fmt: skip
