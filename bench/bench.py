@@ -243,7 +243,7 @@ def preset_runs(names: list[str], data_dir: str | None, device: str,
                 keep: Path | None = None, seed: int | None = None) -> str:  # fmt: skip
     """Each preset as a user runs it (``reglab train --preset NAME``, a new process): the wall
     time from process start to summary, and when each accuracy mark was first validated.
-    A name may carry flags after the preset (``"cpu90 --low-res-epochs 0"``: a same-run A/B).
+    A name may carry flags after the preset (``"cpu90 --low-res-fraction 0"``: a same-run A/B).
     ``keep``: run in KEEP/bench-NAME (for ``reglab export --compact-to``; the flags joined
     into the name by dashes) instead of a temporary folder. ``seed``: run with ``--seed SEED``
     (in KEEP/bench-NAME-seedSEED), else the preset's (0)."""
@@ -297,7 +297,7 @@ def main() -> int:
     p.add_argument("--repeats", type=int, default=3, help="interleaved repeats (3)")
     p.add_argument("--no-bf16", action="store_true", help="skip the bf16 column")
     p.add_argument("--presets", default="", help="comma-separated presets to run in full, "
-                   "each with flags if given (\"cpu90,cpu90 --low-res-epochs 0\")")
+                   "each with flags if given (\"cpu90,cpu90 --low-res-fraction 0\")")
     p.add_argument("--keep-runs", metavar="DIR", type=Path, help="run the presets in "
                    "DIR/bench-NAME and keep them (default: temporary folders)")
     p.add_argument("--presets-block", default="bench-presets", metavar="KEY", help="the "

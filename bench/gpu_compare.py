@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from reglab.config import PRESETS, build_config
+from reglab.config import build_config
 from reglab.data import CLASSES, load_cifar10
 from reglab.training import train
 
@@ -35,9 +35,8 @@ def reglab_runs(preset: str, data, runs: int, device: str, tiny: bool, **overrid
     for seed in range(-1, runs):  # seed -1: warm-up run, not counted
         o = {"device": device, "seed": max(seed, 0), "holdout": 10_000, "tensorboard": False,
              **overrides}
-        if tiny:  # half an epoch; a preset's progressive resizing over its first half too
-            o.update(epochs=0.5, eval_batch_size=500,
-                     low_res_epochs=0.25 if PRESETS[preset].get("low_res_epochs") else 0.0)
+        if tiny:  # half an epoch (a preset's low-res share is a share of it)
+            o.update(epochs=0.5, eval_batch_size=500)
         cfg = build_config(preset, overrides=o)
         s = train(cfg, data=data, quiet=True)
         row = {"seed": seed, "train_seconds": s.train_seconds, "acc": s.final_val_acc,

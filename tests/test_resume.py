@@ -145,9 +145,9 @@ def test_tutorial_network_killed_and_resumed_is_bit_exact(tmp_path, real_data_di
 @pytest.mark.slow
 def test_airbench_methods_killed_and_resumed_are_bit_exact(tmp_path, real_data_dir):
     """Lookahead's slow copy, the alternating flip's epoch (and the colour jitter's draws from
-    the pipeline's generator) and Muon's momentum (with the
-    whitening bias fading over the first 8 steps, and the first epoch at 16 px: progressive
-    resizing) survive kills: in the checkpoint of step 16 (the epoch boundary, where the size
+    the pipeline's generator) and Muon's momentum (with the whitening bias fading over the
+    first 8 steps, and the first epoch at 16 px: progressive resizing's 0.73 of 22 steps are
+    16) survive kills: in the checkpoint of step 16 (the epoch boundary, where the size
     changes: 16 steps of 64 images), at step 18 and in the last validation, so the run
     finishes from step 20, inside the second epoch."""
     base = ["train", "--preset", "cpu94", "--model", "airbench", "--data-dir", str(real_data_dir),
@@ -156,6 +156,6 @@ def test_airbench_methods_killed_and_resumed_are_bit_exact(tmp_path, real_data_d
             "--checkpoint-every", "4", "--eval-batch-size", "250", "--no-tta-translate",
             "--lookahead-every", "5", "--norm-bias-lr-scale", "64", "--no-train-norm-weights",
             "--augment", "altflip-translate-jitter", "--optimizer", "muon", "--l2", "0",
-            "--whiten-bias-epochs", "0.5", "--low-res-epochs", "1", "--low-res-size", "16",
+            "--whiten-bias-epochs", "0.5", "--low-res-fraction", "0.73", "--low-res-size", "16",
             "--no-tensorboard"]  # fmt: skip
     check_kills_and_resume(tmp_path, base, ["ckpt-torn:4", "step:6", "eval:1"])

@@ -224,18 +224,18 @@ def test_cpu90_is_cpu94s_recipe_on_the_quarter_width_network():
                                                 "checkpoint_every"}  # fmt: skip
     assert (cpu94.model, cpu90.model) == ("airbench94", "airbench")
     assert (cpu90.batch_size, cpu90.epochs) == (1000, 8)
-    assert (cpu90.low_res_epochs, cpu90.low_res_size) == (cpu90.epochs / 2, 24)
+    assert (cpu90.low_res_fraction, cpu90.low_res_size) == (0.5, 24)
     assert cpu90.checkpoint_every == (50_000 - cpu90.holdout) // cpu90.batch_size
 
 
 def test_quick_is_cpu90_for_3_epochs_and_quick_sgd_the_nesterov_l2_recipe():
-    """quick is cpu90's recipe, shortened to 3 epochs (the first half at low res, as cpu90's);
+    """quick is cpu90's recipe, shortened to 3 epochs (its low-res share a share of them);
     quick-sgd keeps the recipe quick had before (and the λ studies of docs/ ran): the same
     network, Nesterov SGD with L2 on every conv and linear weight, 4 epochs of 256."""
     quick, cpu90, sgd = build_config("quick"), build_config("cpu90"), build_config("quick-sgd")
-    assert differing_settings(cpu90, quick) == {"preset", "epochs", "low_res_epochs"}
-    assert (quick.epochs, quick.low_res_epochs) == (3, 1.5)
-    assert sgd.low_res_epochs == 0
+    assert differing_settings(cpu90, quick) == {"preset", "epochs"}
+    assert quick.epochs == 3
+    assert sgd.low_res_fraction == 0
     assert sgd.model == quick.model
     assert (sgd.optimizer, sgd.lr, sgd.momentum, sgd.l2, sgd.regularizers) == (
         "nesterov", 0.2, 0.85, 5e-4, [])  # fmt: skip
@@ -275,7 +275,7 @@ def test_cpu94_is_airbench94_muons_recipe():
     assert (c.whiten_bias_epochs, c.train_norm_weights, c.augment) == (
         3, False, "altflip-translate-jitter")  # + hiverge's jitter
     assert (c.tta, c.tta_translate, c.tta_fraction) == (True, True, 0.25)  # hiverge's selective
-    assert (c.low_res_epochs, c.low_res_size) == (c.epochs / 2, 24)  # progressive resizing
+    assert (c.low_res_fraction, c.low_res_size) == (0.5, 24)  # progressive resizing
     assert c.lr == pytest.approx(0.67 * 2000 * (9 / 256) ** 2, rel=0.05)
     assert c.lr * c.norm_bias_lr_scale == pytest.approx(0.053 * 2000, rel=0.05)
     assert c.l2 == 0 and c.regularizers == ["wd=2.5e-3@linear.weight",
@@ -294,7 +294,7 @@ def test_short_real_run_beats_chance(real_data_dir):
     cfg = build_config(
         "cpu90",
         overrides={"data_dir": str(real_data_dir), "holdout": 2000, "train_limit": 4000,
-                   "epochs": 4, "low_res_epochs": 2, "batch_size": 200, "log_every": 10_000},
+                   "epochs": 4, "batch_size": 200, "log_every": 10_000},
     )  # fmt: skip
     result = train(cfg, quiet=True)
     assert result.val_split == "holdout" and result.val_images == 2000
@@ -313,7 +313,7 @@ def test_bf16_autocast_trains_as_well_as_fp32(real_data_dir):
         for seed in (0, 1):
             cfg = build_config("quick", overrides={
                 "data_dir": str(real_data_dir), "holdout": 1000, "train_limit": 1024,
-                "steps": 16, "low_res_epochs": 0.5, "batch_size": 64, "warmup_steps": 4,
+                "steps": 16, "batch_size": 64, "warmup_steps": 4,
                 "val_every": 16,
                 "log_every": 16, "seed": seed, "precision": precision, "tensorboard": False,
                 "audit": False, "eval_batch_size": 500, "tta": False})  # fmt: skip

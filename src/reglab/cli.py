@@ -21,6 +21,7 @@ from typing import Any
 
 from reglab.config import (
     GROUPS,
+    RENAMED,
     SETTINGS,
     ConfigError,
     TrainConfig,
@@ -80,10 +81,17 @@ def add_setting_arguments(p: argparse.ArgumentParser) -> None:
             g.add_argument(s.cli, action="append", metavar=metavar, **kwargs)
         else:
             g.add_argument(s.cli, metavar=metavar, **kwargs)
+    for old in RENAMED:  # hidden: given, they get a one-line error naming the replacement
+        p.add_argument("--" + old.replace("_", "-"), dest=old, default=argparse.SUPPRESS,
+                       help=argparse.SUPPRESS)  # fmt: skip
 
 
 def given_settings(args: argparse.Namespace) -> dict[str, Any]:
-    """The settings given as flags (raw values), by setting name."""
+    """The settings given as flags (raw values), by setting name; ConfigError for a flag that
+    was replaced."""
+    for old in RENAMED:
+        if hasattr(args, old):
+            raise ConfigError(RENAMED[old])
     return {k: v for k, v in vars(args).items() if k in SETTINGS}
 
 

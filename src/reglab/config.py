@@ -198,14 +198,15 @@ class TrainConfig:
                            "+ a 16-px square); tutorial (resize x1.25, crop, flip, colour "
                            "jitter)",
                            group="data", choices=AUGMENTATIONS)  # fmt: skip
-    low_res_epochs: float = setting(0.0, "progressive resizing: train the first N epochs on "
-                                    "images resized down to --low-res-size pixels (a conv's "
-                                    "cost goes with the pixels), the rest and every evaluation "
-                                    "at --image-size (0: off)", group="data", unit="epochs",
-                                    low=0, metavar="N")  # fmt: skip
-    low_res_size: int = setting(24, "--low-res-epochs: the side of the early epochs' images "
-                                "(bilinear, antialiased)", group="data", unit="pixels", low=1,
-                                high=512)  # fmt: skip
+    low_res_fraction: float = setting(0.0, "progressive resizing: train the first F of the "
+                                      "run's steps (0.5: the first half) on images resized to "
+                                      "--low-res-size pixels (a conv's cost goes with the "
+                                      "pixels), the rest and every evaluation at --image-size "
+                                      "(0: off)", group="data", unit="share of the steps",
+                                      low=0, high=1, high_open=True, metavar="F")  # fmt: skip
+    low_res_size: int = setting(24, "--low-res-fraction: the side of the early steps' images "
+                                "(bilinear, antialiased when shrinking)", group="data",
+                                unit="pixels", low=1, high=512)  # fmt: skip
     # optimisation
     batch_size: int = setting(64, "images per step (per process under torchrun: the global "
                               "batch is this times the world size)", group="optimisation",
@@ -352,11 +353,11 @@ class TrainConfig:
             check_image_size(self.model, self.image_size)
         except ValueError as e:
             raise ConfigError(str(e)) from None
-        if self.low_res_epochs:
+        if self.low_res_fraction:
             if self.low_res_size >= self.image_size:
                 raise ConfigError(f"--low-res-size {self.low_res_size} must be smaller than "
                                   f"--image-size {self.image_size}: lower it, or drop "
-                                  "--low-res-epochs")  # fmt: skip
+                                  "--low-res-fraction")  # fmt: skip
             try:
                 check_image_size(self.model, self.low_res_size)
             except ValueError as e:
@@ -390,17 +391,27 @@ SETTINGS: dict[str, Setting] = {
 _BY_FLAG = {s.flag: s for s in SETTINGS.values()}
 
 
+# Settings that were replaced: what to give instead (a one-line error names it).
+RENAMED: dict[str, str] = {
+    "low_res_epochs": "--low-res-epochs was replaced by --low-res-fraction, the share of the "
+                      "run's steps at --low-res-size (the first 4 of 8 epochs: "
+                      "--low-res-fraction 0.5)",
+}  # fmt: skip
+
+
 def lookup(name: str, where: str = "") -> Setting:
     """The setting called ``name`` (field name, or flag with or without dashes); ConfigError
-    (starting with ``where``) naming the nearest names otherwise."""
+    (starting with ``where``) naming the nearest names, or the replacement, otherwise."""
     key = name.strip().lstrip("-")
     s = SETTINGS.get(key.replace("-", "_")) or _BY_FLAG.get(key.replace("_", "-"))
+    head = f"{where}: " if where else ""
+    if s is None and key.replace("-", "_") in RENAMED:
+        raise ConfigError(head + RENAMED[key.replace("-", "_")])
     if s is None:
         import difflib
 
         near = difflib.get_close_matches(key.replace("_", "-"), list(_BY_FLAG), n=3)
         hint = f" (did you mean {', '.join(near)}?)" if near else ""
-        head = f"{where}: " if where else ""
         raise ConfigError(f"{head}unknown setting {name!r}{hint}; the settings are listed by "
                           "reglab train --help and docs/settings.md")  # fmt: skip
     return s
@@ -572,7 +583,7 @@ _CPU94: dict[str, Any] = {
     "warmup_steps": 0,
     "lookahead_every": 0,
     "whiten_bias_epochs": 3,
-    "low_res_epochs": 4,
+    "low_res_fraction": 0.5,
     "low_res_size": 24,
     "l2": 0.0,
     "regularizers": ["wd=2.5e-3@linear.weight", "wd=4e-5@norm.bias,conv.bias"],
@@ -599,7 +610,7 @@ _CPU90: dict[str, Any] = {
 # The quick CPU recipe: cpu90's for 3 epochs (120 steps of 1000), the first 1.5 at 24 px: 87% in
 # about 2 minutes on a 2-core AVX2 CPU (BENCHMARKS.md; seed 0: 87.48% all at 32 px, 87.39% with
 # 1.5 epochs at 24 px in 0.72x the time, 87.35% with 1, 86.65% with 2; quick-sgd's 4 epochs: 84%).
-_QUICK: dict[str, Any] = {**_CPU90, "epochs": 3, "low_res_epochs": 1.5}
+_QUICK: dict[str, Any] = {**_CPU90, "epochs": 3}
 
 PRESETS: dict[str, dict[str, Any]] = {
     # The tutorial's run: its ResNet at 96 px, batch 64, momentum SGD 0.01 / 0.9, 20,000 steps,
@@ -710,7 +721,14 @@ def experiment_settings() -> list[str]:
 def with_defaults(config: dict[str, Any]) -> dict[str, Any]:
     """A stored config.yaml mapping as this version reads it: a record written before a setting
     existed ran with that setting's default, so each setting it lacks is filled in with its
-    default (keys that are not settings are kept as they are)."""
+    default (keys that are not settings are kept as they are). A renamed setting is read as
+    its replacement: ``low_res_epochs`` N of ``epochs`` E as ``low_res_fraction`` N / E."""
+    config = dict(config)
+    if "low_res_epochs" in config and "low_res_fraction" not in config:
+        n, epochs = config["low_res_epochs"], config.get("epochs")
+        if not n or epochs:  # 0 is off; N of E epochs are N / E of the steps
+            config["low_res_fraction"] = n / epochs if n else 0.0
+            del config["low_res_epochs"]
     return {**{name: s.default for name, s in SETTINGS.items()}, **config}
 
 

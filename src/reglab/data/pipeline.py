@@ -216,7 +216,7 @@ class BatchPipeline:
         channels_last: bool = False,
         normalization: str = "dataset",
         shard: tuple[int, int] = (0, 1),
-        low_res: tuple[float, int] = (0.0, 0),
+        low_res: tuple[int, int] = (0, 0),
     ):
         self.device = torch.device(device)
         self.images = images.to(self.device)
@@ -232,8 +232,7 @@ class BatchPipeline:
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
         self.steps_per_epoch = len(self.images) // batch_size
         # progressive resizing: the first low_res_batches batches at low_res_size pixels
-        self.low_res_batches = round(low_res[0] * self.steps_per_epoch)
-        self.low_res_size = low_res[1]
+        self.low_res_batches, self.low_res_size = low_res
         self.order: torch.Tensor | None = None  # this epoch's batches of indices
         self.position = 0  # next batch of this epoch
         self.epoch = -1  # epochs begun, less one (alternating flip's parity)
@@ -246,12 +245,15 @@ class BatchPipeline:
         self, images: torch.Tensor, augment: str = "none", flip: torch.Tensor | None = None,
         size: int | None = None,
     ) -> torch.Tensor:
-        """Normalised, augmented and resized to ``size`` (default: the image size) pixels."""
+        """Normalised, augmented and resized to ``size`` (progressive resizing's early steps:
+        straight from the augmented images, antialiased when that shrinks them) or else the
+        image size."""
         x = normalize(images)
         x = augment_batch(x, augment, self.generator, self.image_size, flip)
-        x = resize(x, self.image_size)
-        if size is not None and size < self.image_size:  # progressive resizing's early epochs
-            x = resize(x, size, antialias=True)
+        if size is None:
+            x = resize(x, self.image_size)
+        else:
+            x = resize(x, size, antialias=size < x.shape[-1])
         if self.normalization == "per-image":  # back to pixels (0-255), then per image
             mean = torch.tensor(MEAN, device=x.device).view(1, 3, 1, 1) * 255
             std = torch.tensor(STD, device=x.device).view(1, 3, 1, 1) * 255

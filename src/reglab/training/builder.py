@@ -109,23 +109,21 @@ def build(
     if cfg.batch_size % dist.world_size:
         raise ConfigError(f"--batch-size {cfg.batch_size} (per process) times --nproc-per-node "
                           "is the global batch; it must split evenly")  # fmt: skip
+    batch = cfg.batch_size * dist.world_size
+    if len(data.train_images) < batch:
+        raise ConfigError(f"{len(data.train_images)} training images make no batch of "
+                          f"{batch}: lower --batch-size")  # fmt: skip
+    steps = total_steps(cfg, len(data.train_images) // batch)
+    low_res_steps = round(cfg.low_res_fraction * steps)  # progressive resizing's first steps
+    if low_res_steps >= steps:
+        raise ConfigError(f"--low-res-fraction {cfg.low_res_fraction:g} of {steps} steps leaves "
+                          f"none at --image-size {cfg.image_size}: lower it")  # fmt: skip
     pipeline = BatchPipeline(
-        data.train_images, data.train_labels, cfg.batch_size * dist.world_size, cfg.image_size,
+        data.train_images, data.train_labels, batch, cfg.image_size,
         augment=cfg.augment, device=device, seed=cfg.seed, channels_last=cfg.channels_last,
         normalization=cfg.normalization, shard=(dist.rank, dist.world_size),
-        low_res=(cfg.low_res_epochs, cfg.low_res_size),
+        low_res=(low_res_steps, cfg.low_res_size),
     )  # fmt: skip
-    if pipeline.steps_per_epoch < 1:
-        raise ConfigError(f"{len(data.train_images)} training images make no batch of "
-                          f"{pipeline.batch_size}: lower --batch-size")  # fmt: skip
-    steps = total_steps(cfg, pipeline.steps_per_epoch)
-    if pipeline.low_res_batches >= steps:
-        epochs = steps / pipeline.steps_per_epoch
-        raise ConfigError(f"--low-res-epochs {cfg.low_res_epochs:g} covers the whole run of "
-                          f"{steps} steps ({epochs:g} epoch{'' if epochs == 1 else 's'}), so it "
-                          f"would never train at --image-size {cfg.image_size}: lower "
-                          "--low-res-epochs (cpu90's: half the epochs), or 0 for "
-                          "none")  # fmt: skip
 
     label = cfg.model if model is None else type(model).__name__
     if model is None:
