@@ -217,11 +217,11 @@ def differing_settings(a, b) -> set[str]:
 
 def test_cpu90_is_cpu94s_recipe_on_the_quarter_width_network():
     """cpu90 trains cpu94's recipe (Muon, jitter, selective TTA; its 8 epochs) on the
-    quarter-width airbench network at batch 1000, the first half at 24 px, with a checkpoint
-    every epoch."""
+    quarter-width airbench network at batch 1000, the first half at 24 px (cpu94: the first 3
+    of 8 epochs), with a checkpoint every epoch."""
     cpu94, cpu90 = build_config("cpu94"), build_config("cpu90")
     assert differing_settings(cpu94, cpu90) == {"preset", "model", "batch_size",
-                                                "checkpoint_every"}  # fmt: skip
+                                                "low_res_fraction", "checkpoint_every"}  # fmt: skip
     assert (cpu94.model, cpu90.model) == ("airbench94", "airbench")
     assert (cpu90.batch_size, cpu90.epochs) == (1000, 8)
     assert (cpu90.low_res_fraction, cpu90.low_res_size) == (0.5, 24)
@@ -267,7 +267,8 @@ def test_cpu94_is_airbench94_muons_recipe():
     1.6 x 64 = 102). Its decay, wd/lr per group with wd = 2e-6 · 2000, shrinks every such
     tensor by 4e-3 per step; torch's weight_decay c at lr η shrinks by η·c: c = 4e-3/1.6 = 2.5e-3
     on the head, 4e-3/102 ≈ 4e-5 on the biases. Checkpoints fall on whole epochs. reglab's own
-    additions: hiverge's jitter and selective TTA, and the first half at 24 px (BENCHMARKS.md)."""
+    additions: hiverge's jitter and selective TTA, and the first 3 of the 8 epochs at 24 px
+    (BENCHMARKS.md)."""
     c = build_config("cpu94")
     assert (c.model, c.optimizer, c.batch_size, c.epochs) == ("airbench94", "muon", 2000, 8)
     assert (c.muon_lr, c.muon_momentum, c.momentum, c.label_smoothing) == (0.24, 0.6, 0.85, 0.2)
@@ -275,7 +276,7 @@ def test_cpu94_is_airbench94_muons_recipe():
     assert (c.whiten_bias_epochs, c.train_norm_weights, c.augment) == (
         3, False, "altflip-translate-jitter")  # + hiverge's jitter
     assert (c.tta, c.tta_translate, c.tta_fraction) == (True, True, 0.25)  # hiverge's selective
-    assert (c.low_res_fraction, c.low_res_size) == (0.5, 24)  # progressive resizing
+    assert (c.low_res_fraction * c.epochs, c.low_res_size) == (3, 24)  # progressive resizing
     assert c.lr == pytest.approx(0.67 * 2000 * (9 / 256) ** 2, rel=0.05)
     assert c.lr * c.norm_bias_lr_scale == pytest.approx(0.053 * 2000, rel=0.05)
     assert c.l2 == 0 and c.regularizers == ["wd=2.5e-3@linear.weight",

@@ -159,7 +159,7 @@ class TrainConfig:
                                  "minutes; the preset of the λ studies), cpu90 (cpu94's recipe on "
                                  "a quarter-width network: 90% in about 5 minutes on a 2-core "
                                  "CPU), gpu (airbench94's recipe, seconds on a GPU), cpu94 "
-                                 "(airbench94_muon's: Muon, 8 epochs, the first 4 at 24 px, with "
+                                 "(airbench94_muon's: Muon, 8 epochs, the first 3 at 24 px, with "
                                  "hiverge's jitter and selective TTA; 93.5% in about 25 minutes "
                                  "on a 2-core CPU)",
                                  group="recipe", kind="system",
@@ -567,10 +567,11 @@ _GPU: dict[str, Any] = {
 # flip; with two of hiverge's cifar10-speedrun additions: its brightness / contrast jitter, and
 # flip + translate TTA for the least confident quarter of each batch only (on the 7.5-epoch run
 # of results/cpu94: 93.44% against 93.45% with all six views, in 32 s instead of 78 s). 8
-# epochs (airbench94_muon's own; seed 0: 7.5 reached 93.44%, 8 93.75%, 8.5 93.68%), the first 4
-# at 24 px (progressive resizing, as cpu90: seed 0 93.58% in 24.8 minutes, against 93.75% in
-# 27.4 minutes all at 32 px in another run). A checkpoint every epoch (20 steps of 2000 images),
-# validation at the end (measured on a 2-core AVX2 EPYC: BENCHMARKS.md).
+# epochs (airbench94_muon's own; seed 0: 7.5 reached 93.44%, 8 93.75%, 8.5 93.68%), the first 3
+# at 24 px (progressive resizing; seeds 0 / 1 / 2: 93.80 / 93.56 / 93.75% in 24-25 minutes; the
+# first 4 at 24 px 93.58 / 93.54 / 93.61%, 0.94x the time in seed 2's same-run A/B; all at 32 px
+# 93.75 / 93.89% in 27-33 minutes). A checkpoint every epoch (20 steps of 2000 images), validation
+# at the end (measured on a 2-core AVX2 EPYC: BENCHMARKS.md).
 _CPU94: dict[str, Any] = {
     **_GPU,
     "optimizer": "muon",
@@ -583,7 +584,7 @@ _CPU94: dict[str, Any] = {
     "warmup_steps": 0,
     "lookahead_every": 0,
     "whiten_bias_epochs": 3,
-    "low_res_fraction": 0.5,
+    "low_res_fraction": 0.375,
     "low_res_size": 24,
     "l2": 0.0,
     "regularizers": ["wd=2.5e-3@linear.weight", "wd=4e-5@norm.bias,conv.bias"],
@@ -593,17 +594,18 @@ _CPU94: dict[str, Any] = {
 }
 
 # The fastest CPU recipe to 90% found so far: cpu94's on the quarter-width airbench network, batch
-# 1000, 8 epochs, the first 4 at 24 px (progressive resizing, cpu94's). Measured on a 2-core AVX2
-# EPYC (BENCHMARKS.md, results/cpu90), seeds 0 / 1: all 8 epochs at 32 px 90.59 / 90.32%; the
-# first 4 at 24 px 90.28 / 90.30% (0.70x the time in one bench run); 7 epochs at 32 px 90.19 /
-# 89.97%; seed 0, the first 5 of 8 at 24 px 89.81%, 5 of 9 at 20 px 89.56%; at 6 epochs batches
-# of 500 / 1000 / 2000 reached 89.70 / 89.90 / 89.38%. A checkpoint every epoch (40 steps),
-# validation at the end.
+# 1000, 8 epochs, the first 4 at 24 px (progressive resizing; a larger share than cpu94's 3 of 8,
+# for the 5-minute target). Measured on a 2-core AVX2 EPYC (BENCHMARKS.md, results/cpu90), seeds
+# 0 / 1: all 8 epochs at 32 px 90.59 / 90.32%; the first 4 at 24 px 90.28 / 90.30% (0.70x the
+# time in one bench run); 7 epochs at 32 px 90.19 / 89.97%; seed 0, the first 5 of 8 at 24 px
+# 89.81%, 5 of 9 at 20 px 89.56%; at 6 epochs batches of 500 / 1000 / 2000 reached 89.70 / 89.90
+# / 89.38%. A checkpoint every epoch (40 steps), validation at the end.
 _CPU90: dict[str, Any] = {
     **_CPU94,
     "model": "airbench",
     "batch_size": 1000,
     "epochs": 8,
+    "low_res_fraction": 0.5,
     "checkpoint_every": 40,
 }
 
