@@ -305,17 +305,15 @@ def test_short_real_run_beats_chance(real_data_dir):
 @pytest.mark.slow
 def test_bf16_autocast_trains_as_well_as_fp32(real_data_dir):
     """The quick preset, shortened (its first half at 24 px), in bf16 autocast and in fp32 over
-    several seeds: the mean
-    holdout accuracies agree within their noise (on a CPU without AVX512-BF16 bf16 is emulated
-    and slow, about 1 s per step of 64 images here, so the runs are short and evaluated without
-    TTA; the benchmark measures the full preset)."""
+    several seeds: the mean holdout accuracies agree within their noise (on a CPU without
+    AVX512-BF16 bf16 is emulated and slow, about 1 s per step of 64 images here, so the runs
+    are short and evaluated without TTA; the benchmark measures the full preset)."""
     accs: dict[str, list[float]] = {"fp32": [], "bf16": []}
     for precision in accs:
         for seed in (0, 1):
             cfg = build_config("quick", overrides={
                 "data_dir": str(real_data_dir), "holdout": 1000, "train_limit": 1024,
-                "steps": 16, "batch_size": 64, "warmup_steps": 4,
-                "val_every": 16,
+                "steps": 16, "batch_size": 64, "warmup_steps": 4, "val_every": 16,
                 "log_every": 16, "seed": seed, "precision": precision, "tensorboard": False,
                 "audit": False, "eval_batch_size": 500, "tta": False})  # fmt: skip
             result = train(cfg, quiet=True)
