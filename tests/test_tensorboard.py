@@ -218,6 +218,30 @@ def test_hparams_in_the_same_folder(tmp_path, tb_readers):
     assert final.step == 450 and final.value == f32(0.81)  # at the last row's step
 
 
+def test_export_reads_an_old_config_as_this_version_does(tmp_path, tb_readers):
+    """A record stored before --low-res-epochs N became --low-res-fraction: its exported
+    hyperparameters carry the new name with N / epochs (as resume and the reports read it) and
+    the settings it predates at their defaults; the config text stays the file as stored."""
+    from tensorboard.plugins.hparams import metadata
+
+    from reglab.config import SETTINGS
+
+    run = tmp_path / "old"
+    run.mkdir()
+    stored = "model: airbench\nepochs: 8\nlow_res_epochs: 4\nlow_res_size: 24\n"
+    (run / "config.yaml").write_text(stored)
+    (run / "metrics.jsonl").write_text(json.dumps(train_row(100)) + "\n")
+    export_run(run)
+    acc = accumulate(run, tb_readers)
+    hp = metadata.parse_session_start_info_plugin_data(
+        acc.PluginTagToContent(metadata.PLUGIN_NAME)[metadata.SESSION_START_INFO_TAG]
+    ).hparams
+    assert hp["low_res_fraction"].number_value == 4 / 8 and "low_res_epochs" not in hp
+    assert hp["lr"].number_value == SETTINGS["lr"].default  # a setting it lacks: its default
+    (event,) = acc.Tensors("config/text_summary")
+    assert stored.strip() in event.tensor_proto.string_val[0].decode()
+
+
 def test_resume_drops_points_after_the_checkpoint(tmp_path, tb_readers):
     """Crash after step 400 with a checkpoint at 200; the resumed process redoes 300 and 400
     (other values) and goes on. Every reader then sees steps <= 200 from the first process and

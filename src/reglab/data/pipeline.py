@@ -189,6 +189,13 @@ def augment_batch(
     return x
 
 
+def full_batches(n_images: int, batch_size: int) -> int:
+    """The steps of an epoch: the full batches of ``batch_size`` in ``n_images``. The last
+    partial batch is dropped (torch's ``drop_last``, as airbench), so every step sees
+    ``batch_size`` images."""
+    return n_images // batch_size
+
+
 class BatchPipeline:
     """Shuffled batches of (images, labels) ready for the model, on ``device``.
 
@@ -230,7 +237,7 @@ class BatchPipeline:
         if batch_size % self.world_size:
             raise ValueError(f"batch {batch_size} does not split over {self.world_size} processes")
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
-        self.steps_per_epoch = len(self.images) // batch_size
+        self.steps_per_epoch = full_batches(len(self.images), batch_size)
         # progressive resizing: the first low_res_batches batches at low_res_size pixels
         self.low_res_batches, self.low_res_size = low_res
         self.order: torch.Tensor | None = None  # this epoch's batches of indices

@@ -19,7 +19,7 @@ from torch import nn
 
 from reglab.config import TrainConfig
 from reglab.data import CIFAR10, load_cifar10
-from reglab.data.pipeline import BatchPipeline
+from reglab.data.pipeline import BatchPipeline, full_batches
 from reglab.errors import ConfigError
 from reglab.models import MODELS, create_model
 from reglab.regularization import Regularization, build_regularization
@@ -113,7 +113,7 @@ def build(
     if len(data.train_images) < batch:
         raise ConfigError(f"{len(data.train_images)} training images make no batch of "
                           f"{batch}: lower --batch-size")  # fmt: skip
-    steps = total_steps(cfg, len(data.train_images) // batch)
+    steps = total_steps(cfg, full_batches(len(data.train_images), batch))
     low_res_steps = round(cfg.low_res_fraction * steps)  # progressive resizing's first steps
     if low_res_steps >= steps:
         raise ConfigError(f"--low-res-fraction {cfg.low_res_fraction:g} of {steps} steps leaves "

@@ -50,6 +50,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from reglab.config import with_defaults
 from reglab.errors import ConfigError
 
 __all__ = [
@@ -378,8 +379,10 @@ def metrics_csv(run_dir: str | Path, out: str | Path | None = None) -> Path:
 def export_run(run_dir: str | Path, events: bool = True) -> Path:
     """For a finished run directory (of any age): write metrics.csv and, with ``events``, the
     TensorBoard event files from config.yaml, regularization.txt, metrics.jsonl and summary.json,
-    replacing any there. Returns the CSV's path. Raises TensorBoardUnavailable without the
-    tensorboard package (if ``events``)."""
+    replacing any there. The config text is the file as stored; its hyperparameters are read as
+    this version reads a record (``with_defaults``: a renamed setting under its new name, one the
+    record predates at its default), so old and new runs compare in the HParams tab. Returns the
+    CSV's path. Raises TensorBoardUnavailable without the tensorboard package (if ``events``)."""
     run_dir = Path(run_dir)
     if not (run_dir / "metrics.jsonl").is_file():
         raise ConfigError(f"{run_dir} has no metrics.jsonl: give run directories (a sweep's "
@@ -397,7 +400,7 @@ def export_run(run_dir: str | Path, events: bool = True) -> Path:
                 tb.text("regularization", table_file.read_text())
             for row in _read_rows(run_dir / "metrics.jsonl"):
                 tb.row(row)
-            if isinstance(config, Mapping):
+            if isinstance(config, Mapping):  # hyperparameters as this version reads them
                 summary = json.loads(summary_file.read_text()) if summary_file.is_file() else {}
-                tb.hparams(config_hparams(config), summary_metrics(summary))
+                tb.hparams(config_hparams(with_defaults(config)), summary_metrics(summary))
     return metrics_csv(run_dir)
