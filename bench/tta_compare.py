@@ -4,8 +4,9 @@
 
 Loads the run's newest checkpoint and its settings, then evaluates the same model on the same
 validation images without TTA, with the mirror image (--tta), with airbench's six views
-(--tta --tta-translate), and with the six views for only the least confident fraction of each
-batch (--tta-fraction, hiverge's selective TTA). Seconds are wall time of the evaluation alone.
+(--tta --tta-translate), and with the six views, or the mirror image alone, for only the least
+confident fraction of each batch (--tta-fraction, hiverge's selective TTA). Seconds are wall
+time of the evaluation alone.
 """
 
 from __future__ import annotations
@@ -43,8 +44,9 @@ def main() -> int:
           f"{setup.data.val_split} images, batches of {cfg.eval_batch_size}")  # fmt: skip
     schemes = [("none", False, False, 1.0), ("flip (--tta)", True, False, 1.0),
                ("flip + translate, 6 views", True, True, 1.0)]  # fmt: skip
-    schemes += [(f"6 views for the least confident {f:g}", True, True, f)
-                for f in map(float, a.fractions.split(","))]  # fmt: skip
+    for f in map(float, a.fractions.split(",")):
+        schemes += [(f"6 views for the least confident {f:g}", True, True, f),
+                    (f"flip for the least confident {f:g}", True, False, f)]  # fmt: skip
     print("| TTA | holdout acc | evaluation seconds |\n|---|---|---|")
     for label, flip, translate, fraction in schemes:
         batches = setup.pipeline.eval_batches(setup.data.val_images, setup.data.val_labels,

@@ -568,7 +568,7 @@ _GPU: dict[str, Any] = {
 # flip + translate TTA for the least confident quarter of each batch only (on the 7.5-epoch run
 # of results/cpu94: 93.44% against 93.45% with all six views, in 32 s instead of 78 s). 8
 # epochs (airbench94_muon's own; seed 0: 7.5 reached 93.44%, 8 93.75%, 8.5 93.68%), the first 3
-# at 24 px (progressive resizing; seeds 0 / 1 / 2 / 3: 93.80 / 93.56 / 93.75 / 93.63% in 24-26
+# at 24 px (progressive resizing; seeds 0 to 4: 93.80 / 93.56 / 93.75 / 93.63 / 93.72% in 24-26
 # minutes; the first 4 at 24 px 93.58 / 93.54 / 93.61%, 0.94x the time in seed 2's same-run A/B;
 # all at 32 px 93.75 / 93.89% in 27-33 minutes). A checkpoint every epoch (20 steps of 2000
 # images), validation at the end (measured on a 2-core AVX2 EPYC: BENCHMARKS.md).
