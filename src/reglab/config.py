@@ -597,10 +597,10 @@ _CPU94: dict[str, Any] = {
 # 1000, 8 epochs, the first 4 at 24 px (progressive resizing; a larger share than cpu94's 3 of 8,
 # for the 5-minute target). Measured on a 2-core AVX2 EPYC (BENCHMARKS.md, results/cpu90), seeds
 # 0 / 1: all 8 epochs at 32 px 90.59 / 90.32%; the first 4 at 24 px 90.28 / 90.30% (0.70x the
-# time in one bench run), seeds 2 / 3 90.31 / 89.99%; the first 3 at 24 px, seeds 0 / 3, 90.34 /
-# 90.42% (1.07x the time: over 5 minutes); 7 epochs at 32 px 90.19 / 89.97%; seed 0, the first 5
-# of 8 at 24 px 89.81%, 5 of 9 at 20 px 89.56%; at 6 epochs batches of 500 / 1000 / 2000 reached
-# 89.70 / 89.90 / 89.38%. A checkpoint every epoch (40 steps), validation at the end.
+# time in one bench run), seeds 2 / 3 90.31 / 89.99%; the first 3 at 24 px, seeds 0 to 3, 90.34 /
+# 90.32 / 90.07 / 90.42% (1.07x the time, no margin); 7 epochs at 32 px 90.19 / 89.97%; seed 0,
+# the first 5 of 8 at 24 px 89.81%, 5 of 9 at 20 px 89.56%; at 6 epochs batches of 500 / 1000 /
+# 2000 reached 89.70 / 89.90 / 89.38%. A checkpoint every epoch (40 steps), validation at the end.
 _CPU90: dict[str, Any] = {
     **_CPU94,
     "model": "airbench",
