@@ -75,6 +75,24 @@ def test_a_file_where_a_folder_goes_is_one_clear_line(capsys, tmp_path, real_dat
     assert a_file.read_text() == "precious\n"
 
 
+@pytest.mark.parametrize("damage", ["- lr\n- 0.1\n", "lr: [0.1\n", "\udcff"])
+def test_a_damaged_config_yaml_is_one_clear_line(capsys, tmp_path, damage):
+    """A run whose config.yaml is no longer a YAML mapping (a list, broken YAML, binary bytes):
+    resuming it and exporting it stop with one line naming the file, and change nothing."""
+    run = tmp_path / "run"
+    run.mkdir()
+    config = run / "config.yaml"
+    config.write_bytes(damage.encode("utf-8", "surrogateescape"))
+    (run / "metrics.jsonl").write_text("")
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    for argv in (["train", "--resume", str(run)], ["export", str(run)]):
+        code, _, err = run_main(capsys, argv)
+        assert code == 2, err
+        assert f"{config} " in err and "restore it or start a new run" in err, err
+        assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before
+
+
 def test_console_script_reports_errors_without_traceback(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "reglab", "train", "--l2", "-1", "--runs-dir", str(tmp_path)],

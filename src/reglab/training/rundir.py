@@ -27,7 +27,7 @@ from typing import Any
 import yaml
 
 from reglab.config import experiment_settings, with_defaults
-from reglab.errors import ReglabError
+from reglab.errors import ConfigError, ReglabError
 
 RESULT_FILES = ("config.yaml", "metrics.jsonl", "metrics.csv", "weights.jsonl",
                 "regularization.txt", "audit.txt", "summary.json")  # fmt: skip
@@ -135,8 +135,17 @@ class RunDir:
 
 
 def read_config(path: str | Path) -> dict[str, Any]:
-    """A stored config.yaml as this version reads it (:func:`reglab.config.with_defaults`)."""
-    return with_defaults(yaml.safe_load(Path(path).read_text()) or {})
+    """A stored config.yaml as this version reads it (:func:`reglab.config.with_defaults`);
+    ConfigError if it is not YAML holding a mapping of settings."""
+    try:
+        config = yaml.safe_load(Path(path).read_text()) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path} is not valid YAML ({str(e).splitlines()[0]}): the run's "
+                          "config.yaml was damaged; restore it or start a new run") from None
+    if not isinstance(config, dict):
+        raise ConfigError(f"{path} holds a {type(config).__name__}, not the mapping of settings "
+                          "a run writes: restore it or start a new run")  # fmt: skip
+    return with_defaults(config)
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:

@@ -50,8 +50,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from reglab.config import with_defaults
 from reglab.errors import ConfigError
+from reglab.training.rundir import read_config
 
 __all__ = [
     "CSV_FIRST_COLUMNS",
@@ -380,7 +380,7 @@ def export_run(run_dir: str | Path, events: bool = True) -> Path:
     """For a finished run directory (of any age): write metrics.csv and, with ``events``, the
     TensorBoard event files from config.yaml, regularization.txt, metrics.jsonl and summary.json,
     replacing any there. The config text is the file as stored; its hyperparameters are read as
-    this version reads a record (``with_defaults``: a renamed setting under its new name, one the
+    this version reads a record (``read_config``: a renamed setting under its new name, one the
     record predates at its default), so old and new runs compare in the HParams tab. Returns the
     CSV's path. Raises TensorBoardUnavailable without the tensorboard package (if ``events``)."""
     run_dir = Path(run_dir)
@@ -388,11 +388,9 @@ def export_run(run_dir: str | Path, events: bool = True) -> Path:
         raise ConfigError(f"{run_dir} has no metrics.jsonl: give run directories (a sweep's "
                           "are under SWEEP/trials)")  # fmt: skip
     if events:
-        import yaml
-
         config_file, table_file = run_dir / "config.yaml", run_dir / "regularization.txt"
         summary_file = run_dir / "summary.json"
-        config = yaml.safe_load(config_file.read_text()) if config_file.is_file() else None
+        config = read_config(config_file) if config_file.is_file() else None
         with TensorBoardLog(run_dir, required=True) as tb:
             if config_file.is_file():
                 tb.text("config", config_file.read_text())
@@ -400,7 +398,7 @@ def export_run(run_dir: str | Path, events: bool = True) -> Path:
                 tb.text("regularization", table_file.read_text())
             for row in _read_rows(run_dir / "metrics.jsonl"):
                 tb.row(row)
-            if isinstance(config, Mapping):  # hyperparameters as this version reads them
+            if config is not None:  # hyperparameters as this version reads them
                 summary = json.loads(summary_file.read_text()) if summary_file.is_file() else {}
-                tb.hparams(config_hparams(with_defaults(config)), summary_metrics(summary))
+                tb.hparams(config_hparams(config), summary_metrics(summary))
     return metrics_csv(run_dir)
