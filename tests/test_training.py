@@ -215,11 +215,11 @@ def differing_settings(a, b) -> set[str]:
     return {k for k, v in a.to_dict().items() if b.to_dict()[k] != v}
 
 
-def test_cpu90_is_cpu94s_recipe_on_the_quarter_width_network():
+def test_cpu90_is_cpu94s_recipe_on_the_small_airbench_network():
     """cpu90 trains cpu94's recipe (Muon, jitter, selective TTA; its 8 epochs) on the
-    quarter-width airbench network at batch 1000 with Muon at lr 0.18 (cpu94: 0.24 at batch
-    2000), the first half at 24 px (cpu94: the first 3 of 8 epochs), with a checkpoint every
-    epoch."""
+    small airbench network (widths 32/64/128) at batch 1000 with Muon at lr 0.18 (cpu94: 0.24
+    at batch 2000), the first half at 24 px (cpu94: the first 3 of 8 epochs), with a checkpoint
+    every epoch."""
     cpu94, cpu90 = build_config("cpu94"), build_config("cpu90")
     assert differing_settings(cpu94, cpu90) == {"preset", "model", "batch_size", "muon_lr",
                                                 "low_res_fraction", "checkpoint_every"}  # fmt: skip

@@ -157,7 +157,7 @@ class TrainConfig:
                                  "epochs: 87% in about 2 minutes on a 2-core CPU), quick-sgd "
                                  "(Nesterov SGD with L2 on every weight, 4 epochs: 84% in about 4 "
                                  "minutes; the preset of the λ studies), cpu90 (cpu94's recipe on "
-                                 "a quarter-width network: 90% in about 5 minutes on a 2-core "
+                                 "the small airbench network: 90% in about 5 minutes on a 2-core "
                                  "CPU), gpu (airbench94's recipe, seconds on a GPU), cpu94 "
                                  "(airbench94_muon's: Muon, 8 epochs, the first 3 at 24 px, with "
                                  "hiverge's jitter and selective TTA; 93.5% in about 25 minutes "
@@ -593,10 +593,10 @@ _CPU94: dict[str, Any] = {
     "eval_batch_size": 1000,  # the default: 6 TTA views of 2,000 images are GPU-sized batches
 }
 
-# The fastest CPU recipe to 90% found so far: cpu94's on the quarter-width airbench network, batch
-# 1000, 8 epochs, the first 4 at 24 px (progressive resizing; a larger share than cpu94's 3 of 8,
-# for the 5-minute target), Muon at lr 0.18 (cpu94's 0.24 is for batch 2000: half the batch, about
-# 1/√2 the lr). Measured on a 2-core AVX2 EPYC (BENCHMARKS.md, results/cpu90 and
+# The fastest CPU recipe to 90% found so far: cpu94's on the small airbench network (widths
+# 32/64/128), batch 1000, 8 epochs, the first 4 at 24 px (progressive resizing; a larger share than
+# cpu94's 3 of 8, for the 5-minute target), Muon at lr 0.18 (cpu94's 0.24 is for batch 2000: half
+# the batch, about 1/√2 the lr). Measured on a 2-core AVX2 EPYC (BENCHMARKS.md, results/cpu90 and
 # results/cpu90-tuning): Muon lr 0.18 over seeds 0 to 6, mean 90.33% and lowest 90.21%, against
 # 90.24% and 89.99% at 0.24 (the gain in the mean within noise); 0.12 and 0.3 were lower, label
 # smoothing 0.1 and dropping the jitter no better. At lr 0.24, seeds 0 / 1: all 8 epochs at 32 px

@@ -3,8 +3,9 @@
 Layout: a frozen 2x2 patch-whitening conv (initialised from the data by ``init_from_data``),
 then three conv groups (conv3x3 -> max-pool 2 -> BN -> GELU -> conv3x3 -> BN -> GELU), a final
 max-pool, and a bias-free linear classifier whose output is scaled down (airbench's 1/9) so the
-initial logits are small. The default widths are a quarter of airbench94's (64/256/256) so that a
-2-core CPU trains it to 80% in minutes; pass ``widths=(64, 256, 256)`` for the original.
+initial logits are small. The default widths, 32/64/128, are half, a quarter and half of
+airbench94's (64/256/256; about 1/7 of its parameters), so that a 2-core CPU trains it to 80% in
+minutes; pass ``widths=(64, 256, 256)`` for the original.
 """
 
 from __future__ import annotations
@@ -91,7 +92,7 @@ class AirbenchNet(nn.Module):
 
 @register_model("airbench", min_image_size=16)
 def airbench_net(num_classes: int = 10, dropout: float = 0.0, **kwargs) -> AirbenchNet:
-    """Quarter-width airbench (32/64/128): the 2-core CPU network of the quick preset."""
+    """The small airbench (widths 32/64/128): the 2-core CPU network of the quick preset."""
     return AirbenchNet(num_classes=num_classes, dropout=dropout, **kwargs)
 
 
