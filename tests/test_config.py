@@ -52,6 +52,11 @@ BAD_FILES = [
     ("image_size: 8", "model 'tutorial-resnet' needs --image-size >= 32"),
     ("train_limit: 10", "--train-limit 10 is smaller than --batch-size 64"),
     ("data_dir: /nonexistent/cifar", "data dir /nonexistent/cifar does not exist"),
+    ("model: airbench\nwidths: [16, 64]", "--widths takes three widths, one per conv group"),
+    ("model: airbench\nwidths: [16, 64.5, 128]", "widths: expected a whole number"),
+    ("model: airbench\nwidths: [0, 64, 128]", "widths must be >= 1 (got 0)"),
+    ("widths: [16, 64, 128]", "--widths sets an airbench network's widths; model "
+                              "'tutorial-resnet' has its own: drop --widths"),
 ]
 
 BAD_FLAGS = [
@@ -63,6 +68,12 @@ BAD_FLAGS = [
     (["--reg", "l2=nan"], "the coefficient must be a finite number >= 0"),
     (["--epochs", "-1"], "--epochs must be > 0"),
     (["--lr-milestones", "0.5,x"], "--lr-milestones: 'x' is not a number"),
+    (["--lr-milestones", "a"], "--lr-milestones: 'a' is not a number (e.g. 0.5,0.75)"),
+    (["--train-limit", "abc"], "--train-limit: 'abc' is not a number (e.g. 5000)"),
+    (["--model", "airbench", "--widths", "a,64,128"],
+     "--widths: 'a' is not a number (e.g. 32,64,128)"),
+    (["--model", "resnet18", "--widths", "16,64,128"],
+     "model 'resnet18' has its own: drop --widths or use --model airbench"),
     (["--config", "/nonexistent.yaml"], "config file /nonexistent.yaml not found"),
     (["--resume", "/nonexistent/run"], "holds no run to resume"),
     (["--precision", "fp16", "--device", "cpu"], "--precision fp16 needs a CUDA GPU"),
@@ -92,7 +103,7 @@ def test_bad_config_files_are_one_clear_line(capsys, tmp_path, text, needle):
     path = tmp_path / "run.yaml"
     path.write_text(text + "\n")
     one_line_error(capsys, tmp_path, ["--config", str(path)], needle)
-    if needle.startswith(("model '", "--train-limit", "data dir")):
+    if needle.startswith(("model '", "--train-limit", "data dir", "--widths")):
         return  # rules between settings, and the data folder: named by their flags
     err = run(capsys, ["train", "--config", str(path), "--runs-dir", str(tmp_path / "r")])[1]
     assert str(path) in err  # which file holds the bad value

@@ -194,3 +194,38 @@ def test_tutorial_resnet_has_tf_slim_defaults() -> None:
             bound = math.sqrt(6.0 / (fan_in + fan_out))  # Glorot & Bengio's uniform limit
             assert m.weight.abs().max() <= bound
             assert m.weight.abs().max() > 0.9 * bound
+
+
+def test_widths_setting_builds_the_airbench_network_it_names(tmp_path) -> None:
+    """--widths C1,C2,C3 gives the conv groups those output channels; airbench at airbench94's
+    widths is airbench94, parameter for parameter (same seed, same values); the widths survive
+    config.yaml's round trip (a list there, a tuple in the config)."""
+    import yaml
+
+    from reglab.config import build_config
+    from reglab.training.builder import make_model
+
+    cfg = build_config(overrides={"model": "airbench", "widths": "16,48,96"})
+    assert cfg.widths == (16, 48, 96)
+    model = make_model(cfg, num_classes=10)
+    convs = [m for m in model.layers.modules() if isinstance(m, nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [16, 16, 48, 48, 96, 96]
+    assert model.fc.in_features == 96
+    # whitening 3->24 (2x2, bias); per group c_in->c 3x3 and c->c 3x3 (no bias), two BN (γ, β)
+    expected = 24 * 3 * 4 + 24
+    for c_in, c in [(24, 16), (16, 48), (48, 96)]:
+        expected += 9 * c_in * c + 9 * c * c + 4 * c
+    assert n_params(model) == expected + 96 * 10
+
+    torch.manual_seed(0)
+    wide = make_model(build_config(overrides={"model": "airbench", "widths": "64,256,256"}), 10)
+    torch.manual_seed(0)
+    ref = make_model(build_config(overrides={"model": "airbench94"}), 10)
+    assert [n for n, _ in wide.named_parameters()] == [n for n, _ in ref.named_parameters()]
+    assert all(torch.equal(a, b) for a, b in zip(wide.parameters(), ref.parameters()))
+    assert build_config(overrides={"model": "airbench"}).widths is None  # the model's own
+
+    saved = yaml.safe_load(yaml.safe_dump(cfg.to_dict()))
+    assert saved["widths"] == [16, 48, 96]
+    assert build_config(file_values={"model": "airbench", "widths": saved["widths"]}).widths == (
+        16, 48, 96)  # fmt: skip

@@ -22,6 +22,7 @@ converted to steps (floor(train images / batch size) steps per epoch). ``l2`` is
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
 import typing
 from collections.abc import Callable, Sequence
@@ -82,6 +83,7 @@ class Setting:
     high_open: bool = False
     flag: str = ""  # the command-line flag without dashes (default: the name with dashes)
     metavar: str | None = None
+    example: str | None = None  # a valid value for error messages (default: the default)
 
     @property
     def cli(self) -> str:
@@ -136,11 +138,13 @@ def setting(
     high_open: bool = False,
     flag: str = "",
     metavar: str | None = None,
+    example: str | None = None,
 ) -> Any:
     """A dataclass field carrying its setting's declaration."""
     assert group in GROUPS and kind in ("experiment", "system"), (group, kind)
     meta = dict(help=help, group=group, unit=unit, kind=kind, choices=choices, low=low, high=high,
-                low_open=low_open, high_open=high_open, flag=flag, metavar=metavar)  # fmt: skip
+                low_open=low_open, high_open=high_open, flag=flag, metavar=metavar,
+                example=example)  # fmt: skip
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: type(default)(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -174,6 +178,11 @@ class TrainConfig:
     block_dropout: float = setting(0.0, "Dropout2d (whole channels) inside each residual block or "
                                    "conv group", group="model", unit="probability", low=0, high=1,
                                    high_open=True, metavar="P")  # fmt: skip
+    widths: tuple[int, ...] | None = setting(None, "an airbench network's three conv-group "
+                                             "widths (default: the model's own: airbench "
+                                             "32,64,128, airbench94 64,256,256)", group="model",
+                                             unit="channels", low=1,
+                                             metavar="C1,C2,C3", example="32,64,128")  # fmt: skip
     # data
     data_dir: str | None = setting(None, "CIFAR-10 folder (else $REGLAB_DATA, else "
                                    "~/.cache/reglab; the official archive is downloaded there "
@@ -184,7 +193,7 @@ class TrainConfig:
                            unit="images", low=0)  # fmt: skip
     train_limit: int | None = setting(None, "train on the first N training images only (quick "
                                       "checks)", group="data", unit="images", low=1,
-                                      metavar="N")  # fmt: skip
+                                      metavar="N", example="5000")  # fmt: skip
     normalization: str = setting("dataset", "input scaling: dataset (CIFAR-10 channel mean/std) "
                                  "or per-image (tf.image.per_image_standardization after "
                                  "resizing, the tutorial's)", group="data",
@@ -214,7 +223,7 @@ class TrainConfig:
     steps: int = setting(20_000, "optimizer updates", group="optimisation", unit="steps", low=1)
     epochs: float | None = setting(None, "passes over the training set; when set it gives the "
                                    "steps", group="optimisation", unit="epochs", low=0,
-                                   low_open=True)  # fmt: skip
+                                   low_open=True, example="8")  # fmt: skip
     optimizer: str = setting("sgd", "sgd (momentum), nesterov, adamw (its own decay off: "
                              "reglab applies decay), or muon (conv filters by Muon at "
                              "--muon-lr, renormalized every step; the rest Nesterov SGD)",
@@ -307,7 +316,7 @@ class TrainConfig:
                                            "preset's, else about every 5 minutes of work); "
                                            "always one at the end", group="evaluation",
                                            unit="steps", kind="system", low=1,
-                                           metavar="N")  # fmt: skip
+                                           metavar="N", example="500")  # fmt: skip
     tensorboard: bool = setting(True, "write TensorBoard event files in RUN/tensorboard "
                                 "(needs the tensorboard package)", group="evaluation",
                                 kind="system")  # fmt: skip
@@ -316,7 +325,8 @@ class TrainConfig:
                         group="system", low=0)  # fmt: skip
     device: str = setting("auto", "auto, cpu, cuda or cuda:N", group="system", kind="system")
     threads: int | None = setting(None, "CPU threads for torch (default: torch's choice)",
-                                  group="system", kind="system", low=1)  # fmt: skip
+                                  group="system", kind="system", low=1,
+                                  example="2")  # fmt: skip
     malloc: str = setting("keep", "CPU memory: keep (glibc's malloc keeps freed memory, so each "
                           "step's large activations do not page-fault anew: faster steps, see "
                           "BENCHMARKS.md; resident memory stays at its peak) or system "
@@ -362,6 +372,17 @@ class TrainConfig:
                 check_image_size(self.model, self.low_res_size)
             except ValueError as e:
                 raise ConfigError(str(e).replace("--image-size", "--low-res-size")) from None
+        if self.widths is not None:
+            from reglab.models import MODELS
+
+            takes = "widths" in inspect.signature(MODELS[self.model].constructor).parameters
+            if not takes:
+                raise ConfigError(f"--widths sets an airbench network's widths; model "
+                                  f"{self.model!r} has its own: drop --widths or use --model "
+                                  "airbench")  # fmt: skip
+            if len(self.widths) != 3:
+                raise ConfigError(f"--widths takes three widths, one per conv group (e.g. "
+                                  f"32,64,128); got {len(self.widths)}")  # fmt: skip
         if self.train_limit is not None and self.train_limit < self.batch_size:
             raise ConfigError(f"--train-limit {self.train_limit} is smaller than --batch-size "
                               f"{self.batch_size}: raise --train-limit or lower --batch-size")
@@ -371,6 +392,8 @@ class TrainConfig:
         """Plain values (lists for tuples), in declaration order: config.yaml's content."""
         d = dataclasses.asdict(self)
         d["lr_milestones"] = list(self.lr_milestones)
+        if self.widths is not None:
+            d["widths"] = list(self.widths)
         return d
 
     def replace(self, **changes: Any) -> TrainConfig:
@@ -423,6 +446,15 @@ def lookup(name: str, where: str = "") -> Setting:
 _TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
 
 
+def _example(s: Setting) -> str:
+    """A valid value of ``s`` as one would type it: its declared example, else its default."""
+    if s.example is not None:
+        return s.example
+    if isinstance(s.default, tuple):
+        return ",".join(f"{v:g}" for v in s.default)
+    return repr(s.default)
+
+
 def _number(s: Setting, value: Any, where: str) -> float:
     if isinstance(value, bool):
         raise ConfigError(f"{where}: expected a number, got {value!r}")
@@ -433,7 +465,7 @@ def _number(s: Setting, value: Any, where: str) -> float:
         try:  # YAML 1.1 reads 1e-4 as a string; every common spelling is a number here
             x = float(text)
         except ValueError:
-            raise ConfigError(f"{where}: {value!r} is not a number (e.g. {s.default!r})") from None
+            raise ConfigError(f"{where}: {value!r} is not a number (e.g. {_example(s)})") from None
     if not math.isfinite(x):
         raise ConfigError(f"{where}: {value!r} is not a finite number; give a finite value")
     return x
@@ -488,11 +520,12 @@ def coerce(s: Setting | str, value: Any, where: str | None = None) -> Any:
         raise ConfigError(f"{where} needs a value (it cannot be empty)")
     kind = s.base_type
     origin = typing.get_origin(kind)
-    if origin is tuple:  # lr_milestones: "0.5,0.75" or a list of numbers
+    if origin is tuple:  # lr_milestones "0.5,0.75", widths "32,64,128", or a list of numbers
         items = value.split(",") if isinstance(value, str) else value
         if not isinstance(items, (list, tuple)):
             items = [items]
-        return tuple(_scalar(s, float, v, where) for v in items if str(v).strip())
+        item_type = typing.get_args(kind)[0]
+        return tuple(_scalar(s, item_type, v, where) for v in items if str(v).strip())
     if origin is list:  # regularizers: one rule or a list of rules (strings or mappings)
         from reglab.regularization.rules import RuleError, rule_text
 

@@ -5,7 +5,7 @@ then three conv groups (conv3x3 -> max-pool 2 -> BN -> GELU -> conv3x3 -> BN -> 
 max-pool, and a bias-free linear classifier whose output is scaled down (airbench's 1/9) so the
 initial logits are small. The default widths, 32/64/128, are half, a quarter and half of
 airbench94's (64/256/256; about 1/7 of its parameters), so that a 2-core CPU trains it to 80% in
-minutes; pass ``widths=(64, 256, 256)`` for the original.
+minutes; pass ``widths=(64, 256, 256)`` (``--widths 64,256,256``) for the original.
 """
 
 from __future__ import annotations
@@ -91,13 +91,24 @@ class AirbenchNet(nn.Module):
 
 
 @register_model("airbench", min_image_size=16)
-def airbench_net(num_classes: int = 10, dropout: float = 0.0, **kwargs) -> AirbenchNet:
+def airbench_net(
+    num_classes: int = 10,
+    dropout: float = 0.0,
+    widths: tuple[int, int, int] | None = None,
+    **kwargs,
+) -> AirbenchNet:
     """The small airbench (widths 32/64/128): the 2-core CPU network of the quick preset."""
-    return AirbenchNet(num_classes=num_classes, dropout=dropout, **kwargs)
+    widths = tuple(widths or (32, 64, 128))
+    return AirbenchNet(num_classes=num_classes, dropout=dropout, widths=widths, **kwargs)
 
 
 @register_model("airbench94", min_image_size=16)
-def airbench94_net(num_classes: int = 10, dropout: float = 0.0, **kwargs) -> AirbenchNet:
+def airbench94_net(
+    num_classes: int = 10,
+    dropout: float = 0.0,
+    widths: tuple[int, int, int] | None = None,
+    **kwargs,
+) -> AirbenchNet:
     """airbench94's widths (64/256/256): the GPU network."""
-    kwargs.setdefault("widths", (64, 256, 256))
-    return AirbenchNet(num_classes=num_classes, dropout=dropout, **kwargs)
+    widths = tuple(widths or (64, 256, 256))
+    return AirbenchNet(num_classes=num_classes, dropout=dropout, widths=widths, **kwargs)

@@ -83,6 +83,8 @@ def make_model(cfg: TrainConfig, num_classes: int) -> nn.Module:
     kwargs: dict[str, Any] = {"num_classes": num_classes, "dropout": cfg.dropout,
                               "block_dropout": cfg.block_dropout}  # fmt: skip
     constructor = MODELS[cfg.model].constructor
+    if cfg.widths is not None:  # validate() checked that the constructor takes them
+        kwargs["widths"] = cfg.widths
     if cfg.verbose and "verbose" in inspect.signature(constructor).parameters:
         kwargs["verbose"] = True
     return create_model(cfg.model, **kwargs)
