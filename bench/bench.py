@@ -40,7 +40,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from reglab.config import build_config
+from reglab.config import PRESETS, build_config
 from reglab.regularization import Regularization
 from reglab.regularization.diagnostics import bn_followed_weights, weight_diagnostics
 from reglab.training import build
@@ -239,6 +239,24 @@ def throughput_tables(device: str, steps: int, repeats: int, bf16: bool) -> str:
     return "\n".join([*head, *rows, "", *ckpt_head, *ckpt_rows])
 
 
+def split_presets(text: str) -> list[str]:
+    """``--presets``' entries, each a preset and its flags: split at the commas that start a
+    preset's name, so a flag's own commas stay with it (``"quick,cpu90 --widths 16,64,128"`` is
+    two entries). SystemExit, one line, for an entry whose first word is no preset."""
+    import re
+
+    names = "|".join(map(re.escape, sorted(PRESETS, key=len, reverse=True)))
+    entries = [e.strip() for e in re.split(rf",(?=\s*(?:{names})(?:\s|,|$))", text)]
+    for entry in entries:
+        preset = shlex.split(entry)[0] if entry else ""
+        if preset not in PRESETS:
+            unknown = next((w for w in preset.split(",") if w not in PRESETS), preset)
+            raise SystemExit(f"bench.py: --presets: unknown preset {unknown!r} in {entry!r}; "
+                             f"give PRESET [FLAGS], comma-separated, PRESET one of: "
+                             f"{', '.join(PRESETS)}")  # fmt: skip
+    return entries
+
+
 def preset_runs(names: list[str], data_dir: str | None, device: str,
                 keep: Path | None = None, seed: int | None = None) -> str:  # fmt: skip
     """Each preset as a user runs it (``reglab train --preset NAME``, a new process): the wall
@@ -258,7 +276,7 @@ def preset_runs(names: list[str], data_dir: str | None, device: str,
     for name in names:
         preset, *flags = shlex.split(name)
         folder = (contextlib.nullcontext(str(keep)) if keep else tempfile.TemporaryDirectory())
-        tag = "-".join([preset, *(re.sub(r"[^\w.]+", "", f) for f in flags)])
+        tag = "-".join([preset, *(re.sub(r"[^\w.,]+", "", f).replace(",", "-") for f in flags)])
         tag = tag if seed is None else f"{tag}-seed{seed}"
         run = f"bench-{tag}" if keep else "run"
         with folder as tmp:
@@ -297,7 +315,8 @@ def main() -> int:
     p.add_argument("--repeats", type=int, default=3, help="interleaved repeats (3)")
     p.add_argument("--no-bf16", action="store_true", help="skip the bf16 column")
     p.add_argument("--presets", default="", help="comma-separated presets to run in full, "
-                   "each with flags if given (\"cpu90,cpu90 --low-res-fraction 0\")")
+                   "each with flags if given (\"cpu90,cpu90 --low-res-fraction 0\"; a flag's "
+                   "own commas stay with it: \"cpu90 --widths 16,64,128\")")
     p.add_argument("--keep-runs", metavar="DIR", type=Path, help="run the presets in "
                    "DIR/bench-NAME and keep them (default: temporary folders)")
     p.add_argument("--presets-block", default="bench-presets", metavar="KEY", help="the "
@@ -312,13 +331,14 @@ def main() -> int:
     if args.malloc_system_child:
         malloc_system_child(args.malloc_system_child, args.device)
         return 0
+    entries = split_presets(args.presets) if args.presets else []  # checked before measuring
     head = [f"Command: `python bench/bench.py {shlex.join(sys.argv[1:])}`", "", machine(), ""]
     blocks = []  # (key of the generated block, its text)
     if not args.skip_throughput:
         tables = throughput_tables(args.device, args.steps, args.repeats, not args.no_bf16)
         blocks.append(("bench-throughput", "\n".join([*head, tables])))
     if args.presets:
-        table = preset_runs(args.presets.split(","), args.data_dir, args.device, args.keep_runs,
+        table = preset_runs(entries, args.data_dir, args.device, args.keep_runs,
                             args.seed)  # fmt: skip
         blocks.append((args.presets_block, "\n".join([*head, table])))
     print("\n\n".join(text for _, text in blocks))
