@@ -114,3 +114,14 @@ def test_a_run_stopped_before_training_leaves_no_directory(capsys, tmp_path, rea
     code, _, err = run_main(capsys, argv)
     assert code == 2 and "matches no trainable parameter" in err
     assert not any(tmp_path.iterdir())
+
+
+def test_a_reader_that_leaves_early_is_no_traceback():
+    """reglab models | head: the pipe closes before reglab writes; it stops quietly with the
+    status a shell gives a process killed by SIGPIPE (128 + 13), not a BrokenPipeError trace."""
+    proc = subprocess.Popen([sys.executable, "-m", "reglab", "models"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)  # fmt: skip
+    proc.stdout.close()  # before reglab has imported torch, let alone printed
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141
+    assert err == ""

@@ -13,8 +13,10 @@ never a traceback.
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import shlex
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -378,6 +380,9 @@ def main(argv: list[str] | None = None) -> int:
     except ReglabError as e:  # the run stopped itself: audit failed, loss diverged, disk full
         print(f"reglab: error: {e}", file=sys.stderr)
         return 1
+    except BrokenPipeError:  # the reader left (reglab models | head): stop quietly, as yes does
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit's flush
+        return 128 + signal.SIGPIPE
     except ValueError as e:  # e.g. no CUDA device; bugs still show their traceback otherwise
         if "\n" in str(e) or not str(e):
             raise

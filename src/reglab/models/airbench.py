@@ -97,7 +97,7 @@ def airbench_net(
     widths: tuple[int, int, int] | None = None,
     **kwargs,
 ) -> AirbenchNet:
-    """The small airbench (widths 32/64/128): the 2-core CPU network of the quick preset."""
+    """The small airbench (widths 32/64/128; --widths sets others): quick's and cpu90's network."""
     widths = tuple(widths or (32, 64, 128))
     return AirbenchNet(num_classes=num_classes, dropout=dropout, widths=widths, **kwargs)
 
@@ -109,6 +109,6 @@ def airbench94_net(
     widths: tuple[int, int, int] | None = None,
     **kwargs,
 ) -> AirbenchNet:
-    """airbench94's widths (64/256/256): the GPU network."""
+    """airbench94's widths (64/256/256; --widths sets others): gpu's and cpu94's network."""
     widths = tuple(widths or (64, 256, 256))
     return AirbenchNet(num_classes=num_classes, dropout=dropout, widths=widths, **kwargs)
