@@ -632,7 +632,9 @@ _CPU94: dict[str, Any] = {
 # the batch, about 1/√2 the lr). Measured on a 2-core AVX2 EPYC (BENCHMARKS.md, results/cpu90 and
 # results/cpu90-tuning): Muon lr 0.18 over seeds 0 to 6, mean 90.33% and lowest 90.21%, against
 # 90.24% and 89.99% at 0.24 (the gain in the mean within noise); 0.12 and 0.3 were lower, label
-# smoothing 0.1 and dropping the jitter no better. At lr 0.24, seeds 0 / 1: all 8 epochs at 32 px
+# smoothing 0.1 and dropping the jitter no better (at 0.18 too: -0.11 over seeds 0 to 3), nor
+# narrower widths for their time (--widths 16,64,128: 10 epochs in 0.77x the time, 0.86 points
+# lower; results/cpu90-widths). At lr 0.24, seeds 0 / 1: all 8 epochs at 32 px
 # 90.59 / 90.32%, the first 4 at 24 px 90.28 / 90.30% (0.70x the time in one bench run); the first 3
 # at 24 px, seeds 0 to 3, 90.34 / 90.32 / 90.07 / 90.42% (1.07x the time, no margin); 7 epochs at 32
 # px 90.19 / 89.97%; seed 0, the first 5 of 8 at 24 px 89.81%, 5 of 9 at 20 px 89.56%; at 6 epochs
