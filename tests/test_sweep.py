@@ -185,6 +185,9 @@ def test_grid_list_values_and_repeatable_settings():
     assert canon(1e-4) == "0.0001" and canon(0.0) == "0" and canon((0.5, 0.75)) == "0.5,0.75"
     job = grid_jobs(axes)[1]
     assert job.values["lr_milestones"] == [0.5, 0.75]  # JSON, read back by the schema
+    widths = parse_grid(["widths=16,64,128|32,64,128"])[1]  # whole numbers, not floats
+    assert widths.values == ((16, 64, 128), (32, 64, 128))
+    assert [j.params["widths"] for j in grid_jobs([widths])] == ["16,64,128", "32,64,128"]
 
 
 @pytest.mark.parametrize(
