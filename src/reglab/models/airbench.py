@@ -94,21 +94,14 @@ class AirbenchNet(nn.Module):
 def airbench_net(
     num_classes: int = 10,
     dropout: float = 0.0,
-    widths: tuple[int, int, int] | None = None,
+    widths: tuple[int, int, int] = (32, 64, 128),
     **kwargs,
 ) -> AirbenchNet:
     """The small airbench (widths 32/64/128; --widths sets others): quick's and cpu90's network."""
-    widths = tuple(widths or (32, 64, 128))
-    return AirbenchNet(num_classes=num_classes, dropout=dropout, widths=widths, **kwargs)
+    return AirbenchNet(num_classes=num_classes, dropout=dropout, widths=tuple(widths), **kwargs)
 
 
 @register_model("airbench94", min_image_size=16)
-def airbench94_net(
-    num_classes: int = 10,
-    dropout: float = 0.0,
-    widths: tuple[int, int, int] | None = None,
-    **kwargs,
-) -> AirbenchNet:
+def airbench94_net(widths: tuple[int, int, int] = (64, 256, 256), **kwargs) -> AirbenchNet:
     """airbench94's widths (64/256/256; --widths sets others): gpu's and cpu94's network."""
-    widths = tuple(widths or (64, 256, 256))
-    return AirbenchNet(num_classes=num_classes, dropout=dropout, widths=widths, **kwargs)
+    return airbench_net(widths=widths, **kwargs)
