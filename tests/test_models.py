@@ -229,3 +229,23 @@ def test_widths_setting_builds_the_airbench_network_it_names(tmp_path) -> None:
     assert saved["widths"] == [16, 48, 96]
     assert build_config(file_values={"model": "airbench", "widths": saved["widths"]}).widths == (
         16, 48, 96)  # fmt: skip
+
+
+@pytest.mark.parametrize(("override", "value"),
+                         [("widths", "16,64,128"), ("dropout", 0.1), ("block_dropout", 0.1)])
+def test_a_given_network_refuses_its_constructors_settings(override, value) -> None:
+    """widths and dropout go to a registered network's constructor; a network given to
+    train(model=...) is built already, so setting them is a one-line error, not silently void."""
+    from conftest import synthetic_cifar
+
+    from reglab.config import build_config
+    from reglab.errors import ConfigError
+    from reglab.models import create_model
+    from reglab.training import build
+
+    cfg = build_config(preset="quick", overrides={override: value, "batch_size": 32})
+    with pytest.raises(ConfigError, match=f"^{override} goes to the registered network's "
+                       f"constructor; the AirbenchNet given to train"):  # fmt: skip
+        build(cfg, data=synthetic_cifar(), model=create_model("airbench"))
+    build(cfg.replace(**{override: None if override == "widths" else 0.0}),
+          data=synthetic_cifar(), model=create_model("airbench"))  # fmt: skip

@@ -90,6 +90,17 @@ def make_model(cfg: TrainConfig, num_classes: int) -> nn.Module:
     return create_model(cfg.model, **kwargs)
 
 
+def refuse_constructor_settings(cfg: TrainConfig, label: str) -> None:
+    """ConfigError when ``cfg`` sets what only a registered network's constructor takes
+    (:func:`make_model`): a network given to ``train(model=...)`` is built already, and would
+    ignore it without a word."""
+    for name, default in (("widths", None), ("dropout", 0.0), ("block_dropout", 0.0)):
+        if getattr(cfg, name) != default:
+            raise ConfigError(f"{name} goes to the registered network's constructor; the {label} "
+                              f"given to train(model=...) is built already: build it with its "
+                              f"own {name}, and leave {name} at {default}")  # fmt: skip
+
+
 def build(
     cfg: TrainConfig,
     data: CIFAR10 | None = None,
@@ -128,6 +139,8 @@ def build(
     )  # fmt: skip
 
     label = cfg.model if model is None else type(model).__name__
+    if model is not None:
+        refuse_constructor_settings(cfg, label)
     if model is None:
         model = make_model(cfg, len(data.classes))
     model = model.to(device, memory_format=torch.channels_last if cfg.channels_last else None)

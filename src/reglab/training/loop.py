@@ -175,8 +175,7 @@ def run(
 
     # header
     n_val = len(setup.data.val_images)
-    widths = ("" if cfg.widths is None or setup.model_label != cfg.model  # a given network's own
-              else f" at widths {','.join(map(str, cfg.widths))}")
+    widths = "" if cfg.widths is None else f" at widths {','.join(map(str, cfg.widths))}"
     say(f"reglab: {setup.model_label}{widths} "
         f"({setup.parameters:,} parameters) on {device}"
         + (f" x {dist.world_size} processes ({dist.backend})" if dist.enabled else "")
