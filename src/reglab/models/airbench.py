@@ -15,17 +15,23 @@ from torch import nn
 
 from reglab.models.registry import register_model
 
+# GELU is airbench's; ReLU's forward and backward are cheaper (a CPU step of the small network:
+# about 0.9x the time), at the accuracy measured in BENCHMARKS.md.
+ACTIVATIONS: dict[str, type[nn.Module]] = {"gelu": nn.GELU, "relu": nn.ReLU}
+
 
 class ConvGroup(nn.Sequential):
-    def __init__(self, in_channels: int, out_channels: int, block_dropout: float = 0.0):
+    def __init__(self, in_channels: int, out_channels: int, block_dropout: float = 0.0,
+                 activation: str = "gelu"):  # fmt: skip
+        act = ACTIVATIONS[activation]
         super().__init__(
             nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
             nn.MaxPool2d(2),
             nn.BatchNorm2d(out_channels, momentum=0.4),
-            nn.GELU(),
+            act(),
             nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False),
             nn.BatchNorm2d(out_channels, momentum=0.4),
-            nn.GELU(),
+            act(),
         )
         if block_dropout > 0:  # appended last, so the layers' names do not move
             self.append(nn.Dropout2d(block_dropout))
@@ -40,15 +46,16 @@ class AirbenchNet(nn.Module):
         whiten_width: int = 24,
         logit_scale: float = 1 / 9,
         block_dropout: float = 0.0,  # Dropout2d at the end of each conv group
+        activation: str = "gelu",  # a key of ACTIVATIONS
     ):
         super().__init__()
         self.whiten = nn.Conv2d(3, whiten_width, kernel_size=2, padding=0, bias=True)
         self.whiten.weight.requires_grad_(False)  # set from data, then frozen (airbench)
-        self.act = nn.GELU()
+        self.act = ACTIVATIONS[activation]()
         self.layers = nn.Sequential(
-            ConvGroup(whiten_width, widths[0], block_dropout),
-            ConvGroup(widths[0], widths[1], block_dropout),
-            ConvGroup(widths[1], widths[2], block_dropout),
+            ConvGroup(whiten_width, widths[0], block_dropout, activation),
+            ConvGroup(widths[0], widths[1], block_dropout, activation),
+            ConvGroup(widths[1], widths[2], block_dropout, activation),
         )
         self.pool = nn.AdaptiveMaxPool2d(1)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
@@ -95,13 +102,16 @@ def airbench_net(
     num_classes: int = 10,
     dropout: float = 0.0,
     widths: tuple[int, int, int] = (32, 64, 128),
+    activation: str = "gelu",
     **kwargs,
 ) -> AirbenchNet:
     """The small airbench (widths 32/64/128; --widths sets others): quick's and cpu90's network."""
-    return AirbenchNet(num_classes=num_classes, dropout=dropout, widths=tuple(widths), **kwargs)
+    return AirbenchNet(num_classes=num_classes, dropout=dropout, widths=tuple(widths),
+                       activation=activation, **kwargs)  # fmt: skip
 
 
 @register_model("airbench94", min_image_size=16)
-def airbench94_net(widths: tuple[int, int, int] = (64, 256, 256), **kwargs) -> AirbenchNet:
+def airbench94_net(widths: tuple[int, int, int] = (64, 256, 256), activation: str = "gelu",
+                   **kwargs) -> AirbenchNet:  # fmt: skip
     """airbench94's widths (64/256/256; --widths sets others): gpu's and cpu94's network."""
-    return airbench_net(widths=widths, **kwargs)
+    return airbench_net(widths=widths, activation=activation, **kwargs)

@@ -83,8 +83,9 @@ def make_model(cfg: TrainConfig, num_classes: int) -> nn.Module:
     kwargs: dict[str, Any] = {"num_classes": num_classes, "dropout": cfg.dropout,
                               "block_dropout": cfg.block_dropout}  # fmt: skip
     constructor = MODELS[cfg.model].constructor
-    if cfg.widths is not None:  # validate() checked that the constructor takes them
-        kwargs["widths"] = cfg.widths
+    for name in ("widths", "activation"):  # validate() checked that the constructor takes them
+        if getattr(cfg, name) is not None:
+            kwargs[name] = getattr(cfg, name)
     if cfg.verbose and "verbose" in inspect.signature(constructor).parameters:
         kwargs["verbose"] = True
     return create_model(cfg.model, **kwargs)
@@ -94,7 +95,8 @@ def refuse_constructor_settings(cfg: TrainConfig, label: str) -> None:
     """ConfigError when ``cfg`` sets what only a registered network's constructor takes
     (:func:`make_model`): a network given to ``train(model=...)`` is built already, and would
     ignore it without a word."""
-    for name, default in (("widths", None), ("dropout", 0.0), ("block_dropout", 0.0)):
+    for name, default in (("widths", None), ("activation", None), ("dropout", 0.0),
+                          ("block_dropout", 0.0)):  # fmt: skip
         if getattr(cfg, name) != default:
             raise ConfigError(f"{name} goes to the registered network's constructor; the {label} "
                               f"given to train(model=...) is built already: build it with its "

@@ -176,6 +176,7 @@ def run(
     # header
     n_val = len(setup.data.val_images)
     widths = "" if cfg.widths is None else f" at widths {','.join(map(str, cfg.widths))}"
+    widths += "" if cfg.activation is None else f" with {cfg.activation}"
     say(f"reglab: {setup.model_label}{widths} "
         f"({setup.parameters:,} parameters) on {device}"
         + (f" x {dist.world_size} processes ({dist.backend})" if dist.enabled else "")
