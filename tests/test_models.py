@@ -231,8 +231,8 @@ def test_widths_setting_builds_the_airbench_network_it_names(tmp_path) -> None:
         16, 48, 96)  # fmt: skip
 
 
-@pytest.mark.parametrize(("override", "value"),
-                         [("widths", "16,64,128"), ("dropout", 0.1), ("block_dropout", 0.1)])
+@pytest.mark.parametrize(("override", "value"), [("widths", "16,64,128"), ("activation", "relu"),
+                                                 ("dropout", 0.1), ("block_dropout", 0.1)])
 def test_a_given_network_refuses_its_constructors_settings(override, value) -> None:
     """widths and dropout go to a registered network's constructor; a network given to
     train(model=...) is built already, so setting them is a one-line error, not silently void."""
@@ -247,5 +247,31 @@ def test_a_given_network_refuses_its_constructors_settings(override, value) -> N
     with pytest.raises(ConfigError, match=f"^{override} goes to the registered network's "
                        f"constructor; the AirbenchNet given to train"):  # fmt: skip
         build(cfg, data=synthetic_cifar(), model=create_model("airbench"))
-    build(cfg.replace(**{override: None if override == "widths" else 0.0}),
+    build(cfg.replace(**{override: None if override in ("widths", "activation") else 0.0}),
           data=synthetic_cifar(), model=create_model("airbench"))  # fmt: skip
+
+
+def test_activation_setting_swaps_every_gelu_of_the_airbench_network() -> None:
+    """--activation relu puts ReLU wherever airbench has GELU (after the whitening and after each
+    of the six batch norms), with the same parameters from the same seed; a network with its own
+    activation refuses it in one line."""
+    from reglab.config import build_config
+    from reglab.errors import ConfigError
+    from reglab.training.builder import make_model
+
+    def acts(model: nn.Module) -> list[str]:
+        return [type(m).__name__ for m in model.modules() if isinstance(m, (nn.GELU, nn.ReLU))]
+
+    torch.manual_seed(0)
+    gelu = make_model(build_config(overrides={"model": "airbench"}), 10)
+    torch.manual_seed(0)
+    relu = make_model(build_config(overrides={"model": "airbench", "activation": "relu"}), 10)
+    assert acts(gelu) == ["GELU"] * 7 and acts(relu) == ["ReLU"] * 7
+    assert all(torch.equal(a, b) for a, b in zip(gelu.parameters(), relu.parameters()))
+    x = torch.randn(2, 24, 8, 8)
+    torch.testing.assert_close(relu.act(x), x.clamp(min=0))
+    assert make_model(build_config(overrides={"model": "airbench94", "activation": "relu"}), 10)
+    with pytest.raises(ConfigError, match="model 'tutorial-resnet' has its own: drop --activation"):
+        build_config(overrides={"model": "tutorial-resnet", "activation": "relu"})
+    with pytest.raises(ConfigError, match="--activation"):
+        build_config(overrides={"model": "airbench", "activation": "tanh"})
