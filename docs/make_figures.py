@@ -10,6 +10,8 @@ the README's λ table) from the committed records in results/.
   that of the run with the smallest λ (the schedule's η cancels out).
 - docs/figures/sweep-l2-quick-*.png and the λ table, from results/sweep-l2-quick/, drawn by
   ``reglab report`` itself (its accuracy and weight-norm figures).
+- BENCHMARKS.md's table of the screens of cpu90 (one change each, against the preset's runs of
+  the same seeds), from results/cpu90-tuning/, cpu90-widths/ and cpu90-activation/.
 
 The tables are printed as markdown (and written between the generated markers of the docs).
 """
@@ -109,6 +111,44 @@ def sweep_figures(folder: Path = RESULTS / "sweep-l2-quick", draw: bool = True) 
     return "\n".join(lines), rec.text if rec else ""
 
 
+# (variant, results folder, record name with {s} for the seed, seeds); the first is the preset
+CPU90_SCREENS = [
+    ("preset (today's cpu90: Muon lr 0.18, jitter, widths 32,64,128, GELU, 8 epochs)",
+     "cpu90-tuning", "bench-cpu90-muonlr-0.18-seed{s}", (0, 1, 2, 3)),
+    ("--augment altflip-translate (no jitter)",
+     "cpu90-tuning", "bench-cpu90-augment-altfliptranslate-seed{s}-lr0.18", (0, 1, 2, 3)),
+    ("--widths 16,64,128", "cpu90-widths", "bench-cpu90-widths-16-64-128-seed{s}", (0, 3)),
+    ("--widths 16,64,128 --epochs 10",
+     "cpu90-widths", "bench-cpu90-widths-16-64-128-epochs-10-seed{s}", (0, 1, 3)),
+    ("--widths 16,64,128 --epochs 12",
+     "cpu90-widths", "bench-cpu90-widths-16-64-128-epochs-12-seed{s}", (0, 3)),
+    ("--widths 24,48,96", "cpu90-widths", "bench-cpu90-widths-24-48-96-seed{s}", (0, 3)),
+    ("--activation relu (ReLU for all seven GELUs)",
+     "cpu90-activation", "bench-cpu90-activation-relu-seed{s}", (0, 3)),
+]  # fmt: skip
+
+
+def cpu90_screens() -> str:
+    """The screens' table: holdout accuracy per seed, the mean, and the mean paired difference
+    from the preset's run of the same seed, in points."""
+    def acc(folder: str, name: str, seed: int) -> float:
+        summary = RESULTS / folder / name.format(s=seed) / "summary.json"
+        return 100 * json.loads(summary.read_text())["final_val_acc"]
+
+    (_, pre_folder, pre_name, _), seeds = CPU90_SCREENS[0], range(4)
+    lines = ["| variant | " + " | ".join(f"seed {s}" for s in seeds)
+             + " | mean | paired difference from the preset, mean |",
+             "|---|" + "---|" * (len(seeds) + 2)]  # fmt: skip
+    for i, (variant, folder, name, have) in enumerate(CPU90_SCREENS):
+        accs = {s: acc(folder, name, s) for s in have}
+        cells = [f"{accs[s]:.2f}%" if s in accs else "-" for s in seeds]
+        diffs = [accs[s] - acc(pre_folder, pre_name, s) for s in have]
+        paired = "-" if i == 0 else f"{sum(diffs) / len(diffs):+.2f} over {len(diffs)} seeds"
+        mean = sum(accs.values()) / len(accs)
+        lines.append(f"| {variant} | {' | '.join(cells)} | {mean:.2f}% | {paired} |")
+    return "\n".join(lines)
+
+
 def generated() -> list[tuple[Path, str, str]]:
     """(doc, marker, content) of every generated block, from results/ (no figures drawn)."""
     blocks = []
@@ -120,6 +160,8 @@ def generated() -> list[tuple[Path, str, str]]:
         for path in (ROOT / "docs" / "sweep-l2-quick.md", ROOT / "README.md"):
             blocks.append((path, "sweep-l2-quick", table))
         blocks.append((ROOT / "docs" / "sweep-l2-quick.md", "sweep-l2-quick-verdict", verdict))
+    if (RESULTS / "cpu90-activation").is_dir():
+        blocks.append((ROOT / "BENCHMARKS.md", "cpu90-screens", cpu90_screens()))
     return blocks
 
 
