@@ -125,3 +125,21 @@ def test_a_reader_that_leaves_early_is_no_traceback():
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=120) == 141
     assert err == ""
+
+
+def test_the_first_commands_in_reglab_help_parse() -> None:
+    """Each example under 'first commands' in `reglab --help` is a command line the parser takes
+    (the text after two spaces is its comment), and the help prints them."""
+    import shlex
+
+    from reglab.cli import MAIN_EPILOG, build_parser
+
+    lines = [line.strip() for line in MAIN_EPILOG.splitlines() if line.startswith("  reglab ")]
+    assert len(lines) == 4
+    for line in lines:
+        argv = shlex.split(line.split("  ")[0])[1:]
+        args = build_parser().parse_args(argv)
+        assert args.command == argv[0]
+    proc = subprocess.run([sys.executable, "-m", "reglab", "--help"], capture_output=True,
+                          text=True, timeout=60)  # fmt: skip
+    assert proc.returncode == 0 and "first commands:" in proc.stdout and lines[0] in proc.stdout
