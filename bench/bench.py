@@ -257,54 +257,87 @@ def split_presets(text: str) -> list[str]:
     return entries
 
 
+def abba_ratio(a1: float, b1: float, b2: float, a2: float) -> float:
+    """B's time over A's from runs in the order A, B, B, A: (b1 + b2) / (a1 + a2). A machine
+    speed that drifts linearly over the four runs slows each pair's sum alike, so it cancels."""
+    return (b1 + b2) / (a1 + a2)
+
+
 def preset_runs(names: list[str], data_dir: str | None, device: str,
-                keep: Path | None = None, seed: int | None = None) -> str:  # fmt: skip
+                keep: Path | None = None, seed: int | None = None,
+                abba: bool = False) -> str:  # fmt: skip
     """Each preset as a user runs it (``reglab train --preset NAME``, a new process): the wall
     time from process start to summary, and when each accuracy mark was first validated.
     A name may carry flags after the preset (``"cpu90 --low-res-fraction 0"``: a same-run A/B).
     ``keep``: run in KEEP/bench-NAME (for ``reglab export --compact-to``; the flags joined
     into the name by dashes) instead of a temporary folder. ``seed``: run with ``--seed SEED``
-    (in KEEP/bench-NAME-seedSEED), else the preset's (0)."""
+    (in KEEP/bench-NAME-seedSEED), else the preset's (0). ``abba``: two names A, B run in the
+    order A, B, B, A (the second runs in bench-NAME-rep2), and a line gives B's training time
+    over A's by :func:`abba_ratio`, and whether each pair's runs learned the same."""
+    rows = ["| preset | model | steps x batch | final holdout acc | wall time (process start "
+            "to summary) | training time | wall time to " + " / ".join(
+                f"{100 * m:g}%" for m in MARKS) + " |", "|---|---|---|---|---|---|---|"]
+    order = [(names[0], 1), (names[1], 1), (names[1], 2), (names[0], 2)] if abba else [
+        (name, 1) for name in names]  # fmt: skip
+    summaries = []
+    for name, rep in order:
+        row, summary = preset_run(name, data_dir, device, keep, seed, rep)
+        rows.append(row)
+        summaries.append(summary)
+        print(row, file=sys.stderr, flush=True)
+    if abba:
+        a1, b1, b2, a2 = summaries
+        ratio = abba_ratio(*(s["train_seconds"] for s in summaries))
+        same = all(x["final_val_acc"] == y["final_val_acc"] for x, y in ((a1, a2), (b1, b2)))
+        rows += ["", f"ABBA: training time of {names[1]!r} over {names[0]!r}: {ratio:.3f}x "
+                 f"(({b1['train_seconds']:.1f} + {b2['train_seconds']:.1f}) s / "
+                 f"({a1['train_seconds']:.1f} + {a2['train_seconds']:.1f}) s); first pair "
+                 f"{b1['train_seconds'] / a1['train_seconds']:.3f}x, second pair "
+                 f"{b2['train_seconds'] / a2['train_seconds']:.3f}x; each preset's two runs: "
+                 + ("the same final accuracy" if same else "DIFFERENT final accuracies "
+                    "(not the same computation: the ratio compares unlike runs)")]  # fmt: skip
+    return "\n".join(rows)
+
+
+def preset_run(name: str, data_dir: str | None, device: str, keep: Path | None,
+               seed: int | None, rep: int = 1) -> tuple[str, dict]:  # fmt: skip
+    """One run of :func:`preset_runs`: its table row and its summary.json."""
     import contextlib
     import json
     import re
     import subprocess
 
-    rows = ["| preset | model | steps x batch | final holdout acc | wall time (process start "
-            "to summary) | training time | wall time to " + " / ".join(
-                f"{100 * m:g}%" for m in MARKS) + " |", "|---|---|---|---|---|---|---|"]
-    for name in names:
-        preset, *flags = shlex.split(name)
-        folder = (contextlib.nullcontext(str(keep)) if keep else tempfile.TemporaryDirectory())
-        tag = "-".join([preset, *(re.sub(r"[^\w.,]+", "", f).replace(",", "-") for f in flags)])
-        tag = tag if seed is None else f"{tag}-seed{seed}"
-        run = f"bench-{tag}" if keep else "run"
-        with folder as tmp:
-            cmd = [sys.executable, "-m", "reglab", "train", "--preset", preset, *flags,
-                   "--device", device, "--runs-dir", tmp, "--name", run,
-                   "--no-tensorboard"]  # fmt: skip
-            if seed is not None:
-                cmd += ["--seed", str(seed)]
-            if data_dir:
-                cmd += ["--data-dir", data_dir]
-            env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
-            t0 = time.perf_counter()
-            subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL)
-            wall = time.perf_counter() - t0
-            summary = json.loads((Path(tmp) / run / "summary.json").read_text())
-            metrics = [json.loads(line) for line in
-                       (Path(tmp) / run / "metrics.jsonl").read_text().splitlines()]
-        offset = wall - summary["total_seconds"]  # start-up: imports, data, model
-        vals = [r for r in metrics if r["split"] == summary["val_split"]]
-        marks = " / ".join(next((f"{r['elapsed'] + offset:.0f} s" for r in vals
-                                 if r["acc"] >= m), "-") for m in MARKS)  # fmt: skip
-        label = name if seed is None else f"{name}, seed {seed}"
-        rows.append(f"| {label} | {summary['model']} | {summary['steps']} x "
-                    f"{summary['batch_size']} | "
-                    f"{100 * summary['final_val_acc']:.2f}% | {wall:.0f} s | "
-                    f"{summary['train_seconds']:.0f} s | {marks} |")  # fmt: skip
-        print(rows[-1], file=sys.stderr, flush=True)
-    return "\n".join(rows)
+    preset, *flags = shlex.split(name)
+    folder = (contextlib.nullcontext(str(keep)) if keep else tempfile.TemporaryDirectory())
+    tag = "-".join([preset, *(re.sub(r"[^\w.,]+", "", f).replace(",", "-") for f in flags)])
+    tag = tag if seed is None else f"{tag}-seed{seed}"
+    tag = tag if rep == 1 else f"{tag}-rep{rep}"
+    run = f"bench-{tag}" if keep else "run"
+    with folder as tmp:
+        cmd = [sys.executable, "-m", "reglab", "train", "--preset", preset, *flags,
+               "--device", device, "--runs-dir", tmp, "--name", run,
+               "--no-tensorboard"]  # fmt: skip
+        if seed is not None:
+            cmd += ["--seed", str(seed)]
+        if data_dir:
+            cmd += ["--data-dir", data_dir]
+        env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+        t0 = time.perf_counter()
+        subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL)
+        wall = time.perf_counter() - t0
+        summary = json.loads((Path(tmp) / run / "summary.json").read_text())
+        metrics = [json.loads(line) for line in
+                   (Path(tmp) / run / "metrics.jsonl").read_text().splitlines()]
+    offset = wall - summary["total_seconds"]  # start-up: imports, data, model
+    vals = [r for r in metrics if r["split"] == summary["val_split"]]
+    marks = " / ".join(next((f"{r['elapsed'] + offset:.0f} s" for r in vals
+                             if r["acc"] >= m), "-") for m in MARKS)  # fmt: skip
+    label = name if seed is None else f"{name}, seed {seed}"
+    label = label if rep == 1 else f"{label} (repeat)"
+    row = (f"| {label} | {summary['model']} | {summary['steps']} x {summary['batch_size']} | "
+           f"{100 * summary['final_val_acc']:.2f}% | {wall:.0f} s | "
+           f"{summary['train_seconds']:.0f} s | {marks} |")  # fmt: skip
+    return row, summary
 
 
 def main() -> int:
@@ -323,6 +356,9 @@ def main() -> int:
                    "generated block of --write that the preset table replaces (bench-presets)")
     p.add_argument("--seed", type=int, help="train the presets with this seed (default: "
                    "theirs, 0)")
+    p.add_argument("--abba", action="store_true", help="two --presets entries A,B run as A, "
+                   "B, B, A, with B's training time over A's from the sums (a linear drift of "
+                   "the machine's speed cancels)")
     p.add_argument("--skip-throughput", action="store_true")
     p.add_argument("--malloc-system-child", metavar="SPEC", help=argparse.SUPPRESS)
     p.add_argument("--write", metavar="FILE", help="replace the generated parts of FILE that "
@@ -332,6 +368,9 @@ def main() -> int:
         malloc_system_child(args.malloc_system_child, args.device)
         return 0
     entries = split_presets(args.presets) if args.presets else []  # checked before measuring
+    if args.abba and len(entries) != 2:
+        raise SystemExit(f"bench.py: --abba compares two --presets entries, A,B; got "
+                         f"{len(entries)}: give two, e.g. --presets 'cpu90,cpu90 --epochs 7'")
     head = [f"Command: `python bench/bench.py {shlex.join(sys.argv[1:])}`", "", machine(), ""]
     blocks = []  # (key of the generated block, its text)
     if not args.skip_throughput:
@@ -339,7 +378,7 @@ def main() -> int:
         blocks.append(("bench-throughput", "\n".join([*head, tables])))
     if args.presets:
         table = preset_runs(entries, args.data_dir, args.device, args.keep_runs,
-                            args.seed)  # fmt: skip
+                            args.seed, args.abba)  # fmt: skip
         blocks.append((args.presets_block, "\n".join([*head, table])))
     print("\n\n".join(text for _, text in blocks))
     if args.write:

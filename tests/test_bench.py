@@ -54,3 +54,40 @@ def test_the_command_stops_before_measuring(tmp_path):
         "comma-separated, PRESET one of: tutorial, quick, quick-sgd, cpu90, gpu, cpu94"
     ]
     assert proc.stdout == ""
+
+
+def test_abba_ratio_cancels_a_linear_drift(bench):
+    """B takes 0.9x A's time; the machine slows by k per run over the order A, B, B, A."""
+    for k in (0.0, 0.05, 0.2):
+        a1, b1, b2, a2 = (base * (1 + k * i) for i, base in enumerate((100, 90, 90, 100)))
+        assert bench.abba_ratio(a1, b1, b2, a2) == pytest.approx(0.9, rel=1e-12)
+        assert b1 / a1 == pytest.approx(0.9 * (1 + k))  # one pair alone carries the drift
+
+
+def test_abba_runs_a_b_b_a_and_says_whether_each_pair_learned_the_same(bench, monkeypatch):
+    calls = []
+    accs = {"quick": [0.87, 0.87], "quick --epochs 2": [0.80, 0.80]}
+    seconds = iter([100.0, 90.0, 99.0, 110.0])
+
+    def fake_run(name, data_dir, device, keep, seed, rep=1):
+        calls.append((name, rep))
+        return f"| {name} {rep} |", {"train_seconds": next(seconds),
+                                     "final_val_acc": accs[name][rep - 1]}  # fmt: skip
+
+    monkeypatch.setattr(bench, "preset_run", fake_run)
+    table = bench.preset_runs(["quick", "quick --epochs 2"], None, "cpu", abba=True)
+    assert calls == [("quick", 1), ("quick --epochs 2", 1), ("quick --epochs 2", 2),
+                     ("quick", 2)]  # fmt: skip
+    last = table.splitlines()[-1]
+    assert f"{(90 + 99) / (100 + 110):.3f}x" in last and "the same final accuracy" in last
+    assert "first pair 0.900x, second pair 0.900x" in last
+    accs["quick"][1] = 0.86
+    seconds = iter([100.0, 90.0, 99.0, 110.0])
+    assert "DIFFERENT final accuracies" in bench.preset_runs(
+        ["quick", "quick --epochs 2"], None, "cpu", abba=True)  # fmt: skip
+
+
+def test_abba_needs_two_entries(tmp_path):
+    proc = subprocess.run([sys.executable, str(BENCH), "--abba", "--presets", "quick"],
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path)  # fmt: skip
+    assert proc.returncode == 1 and proc.stderr.startswith("bench.py: --abba compares two")
