@@ -6,6 +6,8 @@ the cost of a checkpoint, and (with --presets) each preset's time to its accurac
     python bench/bench.py --data-dir ../shared/cifar10 --presets quick      # + a full quick run
     python bench/bench.py --skip-throughput --presets quick,cpu90 ...     # the presets only
     python bench/bench.py ... --write BENCHMARKS.md    # replace the parts measured in the file
+    python bench/bench.py --skip-throughput --abba --presets 'cpu90,cpu90 --epochs 7' ...
+                                                       # A, B, B, A: a time ratio robust to drift
 
 Throughput is measured on full training steps (reglab's own train_step: forward, loss,
 backward, regularization, optimizer, the non-finite guard) on random batches already on the
