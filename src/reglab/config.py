@@ -59,6 +59,12 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 NONFINITE = ("stop", "skip-step")
 
 
+# The model settings that go to a network's constructor: these two only where its signature
+# takes them (None: the network's own), dropout and block_dropout to every registered network.
+MODEL_OPTIONS = ("widths", "activation")
+CONSTRUCTOR_SETTINGS = ("dropout", "block_dropout", *MODEL_OPTIONS)
+
+
 def _model_names() -> list[str]:
     from reglab.models import list_models
 
@@ -384,7 +390,7 @@ class TrainConfig:
                 raise ConfigError(str(e).replace("--image-size", "--low-res-size")) from None
         from reglab.models import MODELS
 
-        for name in ("widths", "activation"):  # only the airbench networks take these
+        for name in MODEL_OPTIONS:  # only the airbench networks take these
             takes = name in inspect.signature(MODELS[self.model].constructor).parameters
             if getattr(self, name) is not None and not takes:
                 raise ConfigError(f"--{name} sets an airbench network's {name}; model "
@@ -400,11 +406,8 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain values (lists for tuples), in declaration order: config.yaml's content."""
-        d = dataclasses.asdict(self)
-        d["lr_milestones"] = list(self.lr_milestones)
-        if self.widths is not None:
-            d["widths"] = list(self.widths)
-        return d
+        return {k: list(v) if isinstance(v, tuple) else v
+                for k, v in dataclasses.asdict(self).items()}  # fmt: skip
 
     def replace(self, **changes: Any) -> TrainConfig:
         return dataclasses.replace(self, **changes).validate()

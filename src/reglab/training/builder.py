@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from reglab.config import TrainConfig
+from reglab.config import CONSTRUCTOR_SETTINGS, MODEL_OPTIONS, SETTINGS, TrainConfig
 from reglab.data import CIFAR10, load_cifar10
 from reglab.data.pipeline import BatchPipeline, full_batches
 from reglab.errors import ConfigError
@@ -83,7 +83,7 @@ def make_model(cfg: TrainConfig, num_classes: int) -> nn.Module:
     kwargs: dict[str, Any] = {"num_classes": num_classes, "dropout": cfg.dropout,
                               "block_dropout": cfg.block_dropout}  # fmt: skip
     constructor = MODELS[cfg.model].constructor
-    for name in ("widths", "activation"):  # validate() checked that the constructor takes them
+    for name in MODEL_OPTIONS:  # validate() checked that the constructor takes them
         if getattr(cfg, name) is not None:
             kwargs[name] = getattr(cfg, name)
     if cfg.verbose and "verbose" in inspect.signature(constructor).parameters:
@@ -95,8 +95,8 @@ def refuse_constructor_settings(cfg: TrainConfig, label: str) -> None:
     """ConfigError when ``cfg`` sets what only a registered network's constructor takes
     (:func:`make_model`): a network given to ``train(model=...)`` is built already, and would
     ignore it without a word."""
-    for name, default in (("widths", None), ("activation", None), ("dropout", 0.0),
-                          ("block_dropout", 0.0)):  # fmt: skip
+    for name in CONSTRUCTOR_SETTINGS:
+        default = SETTINGS[name].default
         if getattr(cfg, name) != default:
             raise ConfigError(f"{name} goes to the registered network's constructor; the {label} "
                               f"given to train(model=...) is built already: build it with its "
@@ -141,10 +141,10 @@ def build(
     )  # fmt: skip
 
     label = cfg.model if model is None else type(model).__name__
-    if model is not None:
-        refuse_constructor_settings(cfg, label)
     if model is None:
         model = make_model(cfg, len(data.classes))
+    else:
+        refuse_constructor_settings(cfg, label)
     model = model.to(device, memory_format=torch.channels_last if cfg.channels_last else None)
     if hasattr(model, "init_from_data"):  # e.g. airbench's whitening layer, from 5,000 images
         model.init_from_data(pipeline.prepare(pipeline.images[:5000]))

@@ -175,9 +175,9 @@ def run(
 
     # header
     n_val = len(setup.data.val_images)
-    widths = "" if cfg.widths is None else f" at widths {','.join(map(str, cfg.widths))}"
-    widths += "" if cfg.activation is None else f" with {cfg.activation}"
-    say(f"reglab: {setup.model_label}{widths} "
+    options = "" if cfg.widths is None else f" at widths {','.join(map(str, cfg.widths))}"
+    options += "" if cfg.activation is None else f" with {cfg.activation}"
+    say(f"reglab: {setup.model_label}{options} "
         f"({setup.parameters:,} parameters) on {device}"
         + (f" x {dist.world_size} processes ({dist.backend})" if dist.enabled else "")
         + f", {setup.precision.name} ({setup.precision.reason}), "
