@@ -89,9 +89,12 @@ def random_data(n: int = 2048):
 
 def setup_for(model: str, size: int, batch: int, preset: str | None, precision: str,
               regularized: bool, device: str, malloc: str = "keep"):  # fmt: skip
+    """A preset's training step for the throughput table: its model, optimizer and
+    regularization on random images at ``size`` pixels, every batch at that size (a preset's
+    progressive resizing is off: its early batches are smaller, and would mix into the timing)."""
     overrides = {"model": model, "image_size": size, "batch_size": batch, "device": device,
                  "precision": precision, "audit": False, "tensorboard": False,
-                 "malloc": malloc}  # fmt: skip
+                 "malloc": malloc, "low_res_fraction": 0.0}  # fmt: skip
     if not regularized:
         overrides.update(l2=0.0, regularizers=[])
     cfg = build_config(preset, overrides=overrides)

@@ -91,3 +91,14 @@ def test_abba_needs_two_entries(tmp_path):
     proc = subprocess.run([sys.executable, str(BENCH), "--abba", "--presets", "quick"],
                           capture_output=True, text=True, timeout=120, cwd=tmp_path)  # fmt: skip
     assert proc.returncode == 1 and proc.stderr.startswith("bench.py: --abba compares two")
+
+
+@pytest.mark.parametrize("preset", ["quick", "cpu94"])
+def test_throughput_steps_are_at_the_tables_image_size(bench, preset):
+    """quick and cpu94 train their first steps at 24 px (progressive resizing); the throughput
+    table's row says 32 px, so every batch it times must be 32 px (a mix of sizes once read
+    --malloc system as 0.71x keep for the quick row)."""
+    s = bench.setup_for("airbench", 32, 8, preset, "fp32", True, "cpu")
+    batches = 2 * s.pipeline.steps_per_epoch + 3  # past the preset's low-res steps
+    sizes = {tuple(s.pipeline.next_batch()[0].shape[-2:]) for _ in range(batches)}
+    assert sizes == {(32, 32)}
