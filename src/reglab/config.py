@@ -390,9 +390,9 @@ class TrainConfig:
                 raise ConfigError(str(e).replace("--image-size", "--low-res-size")) from None
         from reglab.models import MODELS
 
+        takes = inspect.signature(MODELS[self.model].constructor).parameters
         for name in MODEL_OPTIONS:  # only the airbench networks take these
-            takes = name in inspect.signature(MODELS[self.model].constructor).parameters
-            if getattr(self, name) is not None and not takes:
+            if getattr(self, name) is not None and name not in takes:
                 raise ConfigError(f"--{name} sets an airbench network's {name}; model "
                                   f"{self.model!r} has its own: drop --{name} or use --model "
                                   "airbench")  # fmt: skip
