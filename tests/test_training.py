@@ -290,6 +290,21 @@ def test_cpu94_is_airbench94_muons_recipe():
     assert c.checkpoint_every == steps_per_epoch
 
 
+def test_gpu94_is_cpu94_without_its_cpu_economies():
+    """gpu94 trains cpu94's recipe (airbench94_muon's, with hiverge's jitter) without what cpu94
+    does to save CPU time: every epoch at 32 px, and flip + translate TTA on every image; batches
+    of 2000 for evaluation too, a log point once an epoch, a checkpoint at the end only."""
+    cpu94, gpu94 = build_config("cpu94"), build_config("gpu94")
+    assert differing_settings(cpu94, gpu94) == {"preset", "low_res_fraction", "tta_fraction",
+                                                "eval_batch_size", "log_every",
+                                                "checkpoint_every"}  # fmt: skip
+    assert (gpu94.low_res_fraction, gpu94.tta, gpu94.tta_translate, gpu94.tta_fraction) == (
+        0, True, True, 1.0)  # fmt: skip
+    steps_per_epoch = (50_000 - gpu94.holdout) // gpu94.batch_size
+    assert gpu94.eval_batch_size == gpu94.batch_size and gpu94.log_every == steps_per_epoch
+    assert gpu94.checkpoint_every > steps_per_epoch * gpu94.epochs
+
+
 @pytest.mark.slow
 def test_short_real_run_beats_chance(real_data_dir):
     """A few thousand real images, a few epochs of cpu90's recipe at a smaller batch (the first
