@@ -2,8 +2,8 @@
 # Everything a lent GPU machine is for, in one prepared call (DEVELOPERS.md, "A lent GPU").
 #
 # 1. reglab's gpu preset against airbench94 on the same tensors (bench/gpu_compare.py, medians of
-#    5 runs each and their time ratio), with the GPU's name, and 5 runs of the cpu94 preset
-#    (airbench94_muon's recipe) on the GPU;
+#    5 runs each and their time ratio), with the GPU's name, and 5 runs of the gpu94 preset
+#    (airbench94_muon's recipe) against the same;
 # 2. torchrun DDP on CUDA with every visible GPU, against the same preset in one process;
 # 3. the tutorial's three runs (λ acting as 0, l2-half 1e-4 and 1e-3; 20,000 steps, fp32 as the
 #    tutorial ran) side by side on the GPU, their compact records exported under $OUT/results.
@@ -37,7 +37,7 @@ if [ -n "${TINY:-}" ]; then
     DDP_SHORT=(--train-limit 2048 --holdout 256 --epochs 1 --threads 1)
     NPROC=2
 else
-    COMPARE=(--runs 5 --also cpu94)
+    COMPARE=(--runs 5 --also gpu94)
     SHORT=(--holdout 10000)
     DDP_SHORT=(--holdout 10000)
     NPROC=$(python3 -c "import torch; print(max(torch.cuda.device_count(), 1))")

@@ -102,3 +102,22 @@ def test_throughput_steps_are_at_the_tables_image_size(bench, preset):
     batches = 2 * s.pipeline.steps_per_epoch + 3  # past the preset's low-res steps
     sizes = {tuple(s.pipeline.next_batch()[0].shape[-2:]) for _ in range(batches)}
     assert sizes == {(32, 32)}
+
+
+def test_gpu_compare_states_each_preset_against_airbench94():
+    """bench/gpu_compare.py's closing lines: the issue's two criteria for each reglab row with as
+    many runs as airbench94's, median training time over airbench94's and median accuracy less
+    airbench94's (hand-computed medians; a one-run row is not compared)."""
+    spec = importlib.util.spec_from_file_location("reglab_gpu_compare",
+                                                  BENCH.parent / "gpu_compare.py")  # fmt: skip
+    gpu_compare = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_compare)
+    ab = [{"train_seconds": s, "acc": a} for s, a in ((2.0, 0.936), (2.4, 0.934), (2.2, 0.938))]
+    table = {
+        "reglab gpu preset": [{"train_seconds": s, "acc": a}
+                              for s, a in ((1.9, 0.930), (2.0, 0.940), (1.7, 0.935))],
+        "reglab quick preset": [{"train_seconds": 0.5, "acc": 0.87}],
+        "airbench94": ab,
+    }  # fmt: skip
+    assert gpu_compare.against_airbench(table, ab) == {
+        "reglab gpu preset": f"time ratio {1.9 / 2.2:.2f}, accuracy -0.10 points"}
