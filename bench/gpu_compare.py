@@ -147,8 +147,8 @@ def main() -> None:
 
 
 def against_airbench(table: dict, ab: list) -> dict[str, str]:
-    """For every reglab row of ``runs`` runs or more: its median training time over airbench94's
-    and its median accuracy less airbench94's, in points."""
+    """For every reglab row with as many runs as airbench94's (not the one-run rows): its median
+    training time over airbench94's, and its median accuracy less airbench94's, in points."""
     t_ab = statistics.median(r["train_seconds"] for r in ab)
     a_ab = statistics.median(r["acc"] for r in ab)
     lines = {}

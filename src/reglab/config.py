@@ -646,7 +646,8 @@ _CPU94: dict[str, Any] = {
 # (GPU-sized), a checkpoint at the end only. On a 2-core CPU (results/cpu94): all at 32 px with
 # selective TTA, seeds 0 / 1 reached 93.75 / 93.89%, where airbench94 reached a median 93.63% on
 # the same holdout on an H200 (BENCHMARKS.md); selective TTA scored within 0.01 points of full
-# TTA (bench/results/tta_cpu94-jitter-7.5ep_2026-12-01.txt). Not measured on a GPU yet
+# TTA (bench/results/tta_cpu94-jitter-7.5ep_2026-12-01.txt). The preset itself on that CPU, fp32:
+# 93.75 / 93.89% for seeds 0 / 1 (results/gpu94-on-cpu). Not measured on a GPU yet
 # (bench/gpu_session.sh runs it).
 _GPU94: dict[str, Any] = {
     **_CPU94,
