@@ -640,15 +640,12 @@ _CPU94: dict[str, Any] = {
     "eval_batch_size": 1000,  # the default: 6 TTA views of 2,000 images are GPU-sized batches
 }
 
-# A GPU recipe for airbench94's accuracy with a margin: cpu94's (airbench94_muon's with hiverge's
-# jitter), without its two CPU economies: every epoch at 32 px (no progressive resizing) and
-# flip + translate TTA on every image (not only the least confident quarter), in batches of 2000
-# (GPU-sized), a checkpoint at the end only. On a 2-core CPU (results/cpu94): all at 32 px with
-# selective TTA, seeds 0 / 1 reached 93.75 / 93.89%, where airbench94 reached a median 93.63% on
-# the same holdout on an H200 (BENCHMARKS.md); selective TTA scored within 0.01 points of full
-# TTA (bench/results/tta_cpu94-jitter-7.5ep_2026-12-01.txt). The preset itself on that CPU, fp32:
-# 93.75 / 93.89% for seeds 0 / 1 (results/gpu94-on-cpu). Not measured on a GPU yet
-# (bench/gpu_session.sh runs it).
+# A GPU recipe for airbench94's accuracy: cpu94's (airbench94_muon's with hiverge's jitter),
+# without its two CPU economies: every epoch at 32 px (no progressive resizing) and flip +
+# translate TTA on every image (not only the least confident quarter), in batches of 2000
+# (GPU-sized), a checkpoint at the end only. On the 2-core CPU, fp32, seeds 0 / 1 reached 93.75 /
+# 93.89% (results/gpu94-on-cpu), where airbench94 reached a median 93.63% on the same holdout on
+# an H200 (BENCHMARKS.md). Not measured on a GPU yet (bench/gpu_session.sh runs it).
 _GPU94: dict[str, Any] = {
     **_CPU94,
     "low_res_fraction": 0.0,
