@@ -73,7 +73,8 @@ def test_two_gloo_processes_equal_one_process_with_the_global_batch(tmp_path, re
               str(real_data_dir), "--train-limit", "1024", "--holdout", "128", "--steps", "8",
               "--lr", "0.05", "--augment", "flip-crop", "--device", "cpu", "--threads", "1",
               "--log-every", "4", "--val-every", "8", "--checkpoint-every", "4",
-              "--no-tensorboard", "--runs-dir", str(tmp_path)]  # fmt: skip
+              "--precision", "fp32", "--no-tensorboard", "--runs-dir", str(tmp_path)]  # fmt: skip
+    # fp32: the tolerances are fp32 rounding's (auto is bf16 on AVX512-BF16 / AMX CPUs)
     lam = ["--reg", "wd=0.5@*"]  # strong, on every tensor: once or twice is far apart
     ddp = launch(tmp_path, [*common, *lam, "--batch-size", "16", "--name", "ddp"], nproc=2)
     for name, reg in (("one", lam), ("twice", ["--reg", "wd=1.0@*"]), ("never", [])):
@@ -104,7 +105,7 @@ def test_airbench_methods_under_two_gloo_processes_equal_one_process(tmp_path, r
               "--lr", "0.05", "--augment", "altflip-translate", "--lookahead-every", "2",
               "--optimizer", "muon", "--muon-lr", "0.05", "--reg", "wd=0.1@linear.weight",
               "--device", "cpu", "--threads", "1", "--log-every", "4", "--val-every", "8",
-              "--no-tensorboard", "--runs-dir", str(tmp_path)]  # fmt: skip
+              "--precision", "fp32", "--no-tensorboard", "--runs-dir", str(tmp_path)]  # fmt: skip
     launch(tmp_path, [*common, "--batch-size", "16", "--name", "ddp"], nproc=2)
     launch(tmp_path, [*common, "--batch-size", "32", "--name", "one"])
     w = {n: weights(tmp_path / n) for n in ("ddp", "one")}

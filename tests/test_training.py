@@ -20,10 +20,11 @@ from reglab.training import RunDir, RunDirError, lr_at, read_metrics, train
 
 
 def tiny_config(**kw) -> TrainConfig:
+    # fp32: the hand formulas' tolerances are fp32's (auto is bf16 on AVX512-BF16 / AMX CPUs)
     base = dict(
         model="tutorial-resnet", image_size=32, batch_size=8, steps=1, optimizer="sgd",
         momentum=0.0, lr=0.1, l2=0.0, log_every=1, val_every=1000, eval_batch_size=32,
-        channels_last=False, device="cpu", audit=False,
+        channels_last=False, device="cpu", audit=False, precision="fp32",
     )  # fmt: skip
     base.update(kw)
     base = {k: v for k, v in base.items() if k in TrainConfig.__dataclass_fields__}
