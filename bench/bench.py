@@ -359,6 +359,9 @@ def main() -> int:
                    "DIR/bench-NAME and keep them (default: temporary folders)")
     p.add_argument("--presets-block", default="bench-presets", metavar="KEY", help="the "
                    "generated block of --write that the preset table replaces (bench-presets)")
+    p.add_argument("--throughput-block", default="bench-throughput", metavar="KEY", help="the "
+                   "generated block of --write that the throughput tables replace "
+                   "(bench-throughput)")
     p.add_argument("--seed", type=int, help="train the presets with this seed (default: "
                    "theirs, 0)")
     p.add_argument("--abba", action="store_true", help="two --presets entries A,B run as A, "
@@ -380,7 +383,7 @@ def main() -> int:
     blocks = []  # (key of the generated block, its text)
     if not args.skip_throughput:
         tables = throughput_tables(args.device, args.steps, args.repeats, not args.no_bf16)
-        blocks.append(("bench-throughput", "\n".join([*head, tables])))
+        blocks.append((args.throughput_block, "\n".join([*head, tables])))
     if args.presets:
         table = preset_runs(entries, args.data_dir, args.device, args.keep_runs,
                             args.seed, args.abba)  # fmt: skip

@@ -2,6 +2,7 @@
 
     python bench/compile_profile.py                          # tutorial-resnet, 64 x 96 px
     python bench/compile_profile.py --model airbench --image-size 32 --batch-size 256
+    python bench/compile_profile.py --precision bf16          # autocast, on a CPU with AVX512-BF16
 
 One run times reglab's full training step (bench.py's `measure`: forward, loss, backward,
 the preset's L2, the optimizer, the guard) eager and under ``torch.compile`` (default mode),
@@ -78,13 +79,15 @@ def main() -> int:
     p.add_argument("--steps", type=int, default=8, help="steps per timing (8)")
     p.add_argument("--repeats", type=int, default=3, help="interleaved repeats (3)")
     p.add_argument("--profile-steps", type=int, default=4)
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
+                   help="the step's autocast (fp32: none)")
     args = p.parse_args()
     torch.manual_seed(0)
     setups = {}
     compile_secs = 0.0
     for mode in ("eager", "compiled"):
-        s = setup_for(args.model, args.image_size, args.batch_size, args.preset, "fp32", True,
-                      "cpu")  # fmt: skip
+        s = setup_for(args.model, args.image_size, args.batch_size, args.preset, args.precision,
+                      True, "cpu")  # fmt: skip
         if mode == "compiled":
             s.forward = torch.compile(s.forward)
             t0 = time.perf_counter()
@@ -102,8 +105,8 @@ def main() -> int:
 
     print(f"Command: `python bench/compile_profile.py {' '.join(sys.argv[1:])}`\n")
     print(machine() + "\n")
-    print(f"{args.model}, batch {args.batch_size} at {args.image_size} px, fp32, channels-last; "
-          f"compile time (first step) {compile_secs:.0f} s\n")  # fmt: skip
+    print(f"{args.model}, batch {args.batch_size} at {args.image_size} px, {args.precision}, "
+          f"channels-last; compile time (first step) {compile_secs:.0f} s\n")  # fmt: skip
     print(f"| | eager | torch.compile | compiled / eager |\n|---|---|---|---|\n"
           f"| seconds per step (median of {args.repeats} x {args.steps}) | {t['eager']:.4f} | "
           f"{t['compiled']:.4f} | {t['compiled'] / t['eager']:.2f}x |")  # fmt: skip

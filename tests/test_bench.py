@@ -121,3 +121,63 @@ def test_gpu_compare_states_each_preset_against_airbench94():
     }  # fmt: skip
     assert gpu_compare.against_airbench(table, ab) == {
         "reglab gpu preset": f"time ratio {1.9 / 2.2:.2f}, accuracy -0.10 points"}
+
+
+def test_write_replaces_the_named_blocks_and_nothing_else(bench, monkeypatch, tmp_path):
+    """--write with --throughput-block and --presets-block: each table lands in its own block
+    (another machine's blocks under other keys stay as they were), the command line above it."""
+    doc = tmp_path / "B.md"
+    old = "<!-- generated: {0} -->\nold {0}\n<!-- end: {0} -->\n"
+    doc.write_text("".join(old.format(k) for k in ("bench-throughput", "tp-amx", "pre-amx")))
+    monkeypatch.setattr(bench, "throughput_tables", lambda *a: "THROUGHPUT")
+    monkeypatch.setattr(bench, "preset_runs", lambda *a: "PRESETS")
+    argv = ["bench.py", "--presets", "quick", "--throughput-block", "tp-amx",
+            "--presets-block", "pre-amx", "--write", str(doc)]
+    monkeypatch.setattr(sys, "argv", argv)
+    assert bench.main() == 0
+    text = doc.read_text()
+    assert "old bench-throughput" in text
+    assert "old tp-amx" not in text and "old pre-amx" not in text
+    blocks = text.split("<!-- generated: ")[1:]
+    assert blocks[1].startswith("tp-amx -->\nCommand: `python bench/bench.py --presets quick")
+    assert "THROUGHPUT" in blocks[1] and "PRESETS" in blocks[2] and "PRESETS" not in blocks[1]
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_tutorial_steps_1x1_conv_as_a_matmul_is_the_convolution(stride):
+    """bench/tutorial_step.py's variant computes each 1x1 convolution as a matmul of the
+    channels-last activations: the same numbers as F.conv2d (float64), laid out channels-last."""
+    import torch
+    import torch.nn.functional as F
+
+    spec = importlib.util.spec_from_file_location("reglab_tutorial_step",
+                                                  BENCH.parent / "tutorial_step.py")  # fmt: skip
+    tutorial_step = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tutorial_step)
+    conv = torch.nn.Conv2d(6, 10, 1, stride=stride, bias=False).double()
+    x = torch.randn(3, 6, 9, 9, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    out = tutorial_step.conv1x1_as_matmul(conv, x)
+    torch.testing.assert_close(out, F.conv2d(x, conv.weight, stride=stride), rtol=1e-12, atol=0)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_precise_bn_sets_the_plain_mean_of_the_batches_statistics():
+    """bench/precise_bn.py: after it, each batch norm's running mean and variance are the means
+    over the batches of each batch's mean and unbiased variance (PyTorch's cumulative average,
+    momentum None), whatever they were before; the model's mode is kept."""
+    import torch
+
+    spec = importlib.util.spec_from_file_location("reglab_precise_bn",
+                                                  BENCH.parent / "precise_bn.py")  # fmt: skip
+    precise_bn = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(precise_bn)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.BatchNorm2d(3, momentum=0.001)).eval()
+    model[0].running_mean.fill_(5.0)
+    batches = [2 * torch.randn(4, 3, 5, 5) + i for i in range(3)]
+    precise_bn.precise_bn(model, batches)
+    mean = torch.stack([x.mean((0, 2, 3)) for x in batches]).mean(0)
+    var = torch.stack([x.transpose(0, 1).flatten(1).var(1) for x in batches]).mean(0)
+    torch.testing.assert_close(model[0].running_mean, mean)
+    torch.testing.assert_close(model[0].running_var, var)
+    assert not model.training
