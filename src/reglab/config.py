@@ -170,16 +170,17 @@ class TrainConfig:
 
     preset: str | None = setting(None, "a recipe applied under the config file and the flags: "
                                  "tutorial (the tutorial's run), quick (cpu90's recipe for 3 "
-                                 "epochs: 87% in about 2 minutes on a 2-core AVX2 CPU, 30 s on one "
-                                 "with AMX in bf16), quick-sgd "
-                                 "(Nesterov SGD with L2 on every weight, 4 epochs: 84% in about 4 "
-                                 "minutes; the preset of the λ studies), cpu90 (cpu94's recipe on "
-                                 "the small airbench network: 90% in about 5 minutes on a 2-core "
-                                 "AVX2 CPU, about 1 with AMX), gpu (airbench94's recipe, seconds on a GPU), gpu94 "
-                                 "(cpu94's recipe for a GPU: all at 32 px, full TTA), cpu94 "
-                                 "(airbench94_muon's: Muon, 8 epochs, the first 3 at 24 px, with "
-                                 "hiverge's jitter and selective TTA; 93.5% in about 25 minutes "
-                                 "on a 2-core AVX2 CPU, about 4 with AMX)",
+                                 "epochs: 87% in about 2 minutes on a 2-core AVX2 CPU, 30 s on "
+                                 "one with AMX "
+                                 "in bf16), quick-sgd (Nesterov SGD with L2 on every weight, 4 "
+                                 "epochs: 84% in about 4 minutes; the preset of the λ studies), "
+                                 "cpu90 (cpu94's recipe on the small airbench network: 90% in "
+                                 "about 5 minutes on a 2-core AVX2 CPU, about 1 with AMX), gpu "
+                                 "(airbench94's recipe, seconds on a GPU), gpu94 (cpu94's recipe "
+                                 "for a GPU: all at 32 px, full TTA), cpu94 (airbench94_muon's: "
+                                 "Muon, 8 epochs, the first 3 at 24 px, with hiverge's jitter and "
+                                 "selective TTA; 93.5% in about 25 minutes on a 2-core AVX2 CPU, "
+                                 "about 4 with AMX)",
                                  group="recipe", kind="system",
                                  choices=lambda: tuple(PRESETS))  # fmt: skip
     # model
