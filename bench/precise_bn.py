@@ -20,11 +20,11 @@ import sys
 from pathlib import Path
 
 import torch
-import yaml
 
 from reglab.config import build_config
 from reglab.training.builder import build
-from reglab.training.checkpoint import checkpoints
+from reglab.training.checkpoint import checkpoints, read_checkpoint
+from reglab.training.rundir import read_config
 from reglab.training.step import evaluate
 
 
@@ -52,15 +52,14 @@ def main() -> int:
     print("| run | step | holdout acc, running statistics | holdout acc, recomputed on "
           f"{args.batches} training batches |\n|---|---|---|---|")  # fmt: skip
     for run in args.runs:
-        values = yaml.safe_load((run / "config.yaml").read_text())
-        values.update(precision="fp32", audit=False, tensorboard=False)
-        preset = values.pop("preset", None)  # its values are all in the file already
-        s = build(build_config(preset, overrides=values))
+        stored = read_config(run / "config.yaml")  # the run's settings, as --resume reads them
+        cfg = build_config(None, stored, {"precision": "fp32", "audit": False,
+                                          "tensorboard": False}, file_name=f"{run}/config.yaml")
+        s = build(cfg)
         torch.manual_seed(0)
         train = [s.pipeline.next_batch()[0] for _ in range(args.batches)]
         for step, path in sorted(checkpoints(run / "checkpoints")):
-            state = torch.load(path, map_location="cpu", weights_only=False)
-            s.model.load_state_dict(state["model"])
+            s.model.load_state_dict(read_checkpoint(path)["model"])
             val = s.pipeline.eval_batches(s.data.val_images, s.data.val_labels, 500)
             _, running, _ = evaluate(s.model, val)
             precise_bn(s.model, train)

@@ -19,7 +19,13 @@ from conftest import synthetic_cifar
 
 from reglab.config import TrainConfig
 from reglab.training import NonFiniteError, RunDir, train
-from reglab.training.checkpoint import checkpoints, load_latest, save_checkpoint
+from reglab.training.checkpoint import (
+    CheckpointError,
+    checkpoints,
+    load_latest,
+    read_checkpoint,
+    save_checkpoint,
+)
 
 
 def tiny(**kw) -> TrainConfig:
@@ -47,6 +53,10 @@ def test_checkpoints_are_verified_and_the_last_good_one_is_used(tmp_path):
     assert loaded["step"] == 4 and torch.equal(loaded["model"]["w"], torch.full((4,), 4.0))
     assert notes == ["skipped the checkpoint of step 12: checksum mismatch (torn or corrupted)",
                      "skipped the checkpoint of step 8: no checksum (cut short)"]  # fmt: skip
+    # one named checkpoint: read as load_latest reads it, or refused in one line
+    assert read_checkpoint(tmp_path / "step-0000004.pt")["step"] == 4
+    with pytest.raises(CheckpointError, match=r"step-0000012.pt not read: checksum mismatch"):
+        read_checkpoint(newest)
     save_checkpoint(tmp_path, 16, state(16), keep=2)  # the newest two valid ones are kept
     assert [s for s, _ in checkpoints(tmp_path)] == [16, 4]
     assert torch.load(tmp_path / "step-0000016.pt", weights_only=True)["step"] == 16  # plain torch

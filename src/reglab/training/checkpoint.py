@@ -120,21 +120,36 @@ def _read_verified(path: Path) -> bytes | None:
     return data if hashlib.sha256(data).hexdigest() == expected else None
 
 
+def _load_verified(path: Path, map_location: Any) -> tuple[dict[str, Any] | None, str]:
+    """(the state at ``path``, "") if its checksum matches and its format is this version's,
+    else (None, why not)."""
+    data = _read_verified(path)
+    if data is None:
+        torn = path.with_suffix(".sha256").exists()
+        return None, "checksum mismatch (torn or corrupted)" if torn else "no checksum (cut short)"
+    state = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
+    if state.get("format") != FORMAT:
+        return None, "unknown format"
+    return state, ""
+
+
+def read_checkpoint(path: Path, map_location: Any = "cpu") -> dict[str, Any]:
+    """The state of the checkpoint at ``path`` (verified as :func:`load_latest` does);
+    CheckpointError saying why it cannot be read."""
+    state, why = _load_verified(path, map_location)
+    if state is None:
+        raise CheckpointError(f"checkpoint {path} not read: {why}; use another checkpoint")
+    return state
+
+
 def load_latest(folder: Path, map_location: Any = "cpu") -> tuple[dict[str, Any] | None, list[str]]:
     """(the newest valid checkpoint's state or None, notes on the ones skipped as invalid)."""
     notes = []
     for step, path in checkpoints(folder):
-        data = _read_verified(path)
-        if data is None:
-            torn = path.with_suffix(".sha256").exists()
-            why = "checksum mismatch (torn or corrupted)" if torn else "no checksum (cut short)"
-            notes.append(f"skipped the checkpoint of step {step}: {why}")
-            continue
-        state = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
-        if state.get("format") != FORMAT:
-            notes.append(f"skipped the checkpoint of step {step}: unknown format")
-            continue
-        return state, notes
+        state, why = _load_verified(path, map_location)
+        if state is not None:
+            return state, notes
+        notes.append(f"skipped the checkpoint of step {step}: {why}")
     return None, notes
 
 
